@@ -1,0 +1,1021 @@
+--! Previous: -
+--! Hash: sha1:5816c51eee604a762b7d2729d80fc73f6b0142a5
+--! Message: Audit capture core
+
+-- source: triggers/01_schemas_and_roles.sql
+-- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
+--
+-- audit          the public contract: the audit.log view, tracking API, partition API, context setter
+-- audit_private  storage and machinery that users never call directly
+
+create schema if not exists audit;
+create schema if not exists audit_private;
+
+comment on schema audit is 'cartop-audit: the audit trail and its API';
+comment on schema audit_private is 'cartop-audit internals: storage and capture machinery (not an API)';
+
+-- Roles are cluster-wide, so they may already exist (another database, an earlier install).
+do $$
+declare
+  role_name text;
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_authenticator') then
+    create role cartop_authenticator login noinherit;
+  end if;
+  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor'] loop
+    if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
+      execute format('create role %I nologin', role_name);
+    end if;
+  end loop;
+end
+$$;
+
+-- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
+grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
+
+-- Nobody but the owner creates objects in these schemas; readers get usage explicitly.
+revoke all on schema audit, audit_private from public;
+grant usage on schema audit to cartop_anonymous, cartop_user, cartop_auditor;
+grant usage on schema audit_private to cartop_user, cartop_auditor;
+
+-- source: partitions/02_log_storage.sql
+-- Where audit rows are stored: one range-partitioned table, one partition per calendar month (UTC).
+--
+-- Compact by design: an INSERT keeps the new row, a DELETE the old row, and an UPDATE the old row plus
+-- only the new values of the columns that changed (`delta`). The view audit.log rebuilds old_value,
+-- new_value and changes from these, so readers see the full contract while each UPDATE stores about
+-- half of what "old + new + diff" would.
+
+-- Ids come from a sequence with a session cache: increasing within a transaction, cheap for bulk writes.
+create sequence if not exists audit_private.log_id_seq as bigint cache 64;
+
+create table if not exists audit_private.log_entries (
+  id               bigint      not null default nextval('audit_private.log_id_seq'),
+  created_at       timestamptz not null,
+  tx_id            bigint      not null,
+  table_id         integer     not null,
+  action           "char"      not null,
+  entity_id        text,
+  row_data         jsonb,
+  delta            jsonb,
+  user_id          text,
+  user_email       text,
+  ip_address       inet,
+  user_agent       text,
+  request_id       text,
+  metadata         jsonb,
+  db_user          text        not null,
+  application_name text,
+  constraint log_entries_action_known check (action in ('I', 'U', 'D', 'T')),
+  constraint log_entries_row_present check (action = 'T' or (row_data is not null and entity_id is not null)),
+  constraint log_entries_delta_only_on_update check ((action = 'U') = (delta is not null))
+) partition by range (created_at);
+
+alter sequence audit_private.log_id_seq owned by audit_private.log_entries.id;
+
+comment on table audit_private.log_entries is
+  'Audit rows as stored (compact). Read them through the audit.log view.';
+comment on column audit_private.log_entries.table_id is 'audit_private.tables.id of the audited table (not an OID: survives dump/restore)';
+comment on column audit_private.log_entries.action is 'I = INSERT, U = UPDATE, D = DELETE, T = TRUNCATE';
+comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UPDATE and DELETE: the old row (excluded columns removed, masked columns replaced)';
+comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
+
+-- Entity history: all rows of one entity, in order.
+create index if not exists log_entries_entity_idx on audit_private.log_entries (table_id, entity_id, created_at);
+-- User activity: only rows written with a user in context (bulk SQL without context costs nothing here).
+create index if not exists log_entries_user_idx on audit_private.log_entries (user_id, created_at) where user_id is not null;
+-- Time ranges inside a month: BRIN is a few pages per month and costs almost nothing on writes.
+create index if not exists log_entries_created_at_brin on audit_private.log_entries using brin (created_at);
+
+-- Rows outside the premade months land here instead of failing the business write.
+-- audit.create_partition moves them into their month once it exists.
+create table if not exists audit.log_default partition of audit_private.log_entries default;
+comment on table audit.log_default is
+  'Audit rows whose month had no partition yet. Should stay empty: audit.ensure_partitions moves rows out.';
+
+-- source: partitions/03_partition_management.sql
+-- Monthly partitions: naming, creation (one month, or the current month and N ahead), and status.
+-- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
+-- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
+
+create or replace function audit_private.partition_name(month date)
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select 'log_' || to_char(month, 'YYYY_MM')
+$$;
+
+comment on function audit_private.partition_name(date) is 'Name (in schema audit) of the partition holding the month of the given date';
+
+-- The first instant of a month, in UTC, as timestamptz.
+create or replace function audit_private.month_start(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month)::timestamp) at time zone 'UTC'
+$$;
+
+-- The current month in UTC.
+create or replace function audit_private.current_month()
+  returns date
+  language sql
+  stable
+as $$
+  select date_trunc('month', now() at time zone 'UTC')::date
+$$;
+
+-- Creates the partition for one month if it does not exist; returns its name.
+-- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- If the default partition already holds rows of that month, they are moved into the new partition in
+-- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
+create or replace function audit.create_partition(month date)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+  range_from timestamptz := audit_private.month_start(month);
+  range_to timestamptz := audit_private.month_start((date_trunc('month', month) + interval '1 month')::date);
+begin
+  if month is null then
+    raise exception 'audit.create_partition: month must not be null';
+  end if;
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
+  if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+    return part_name;
+  end if;
+
+  if exists (select from audit.log_default where created_at >= range_from and created_at < range_to) then
+    perform audit_private.create_partition_moving_default_rows(part_name, range_from, range_to);
+  else
+    execute format(
+      'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+      part_name, range_from, range_to);
+  end if;
+  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
+  return part_name;
+end
+$$;
+
+comment on function audit.create_partition(date) is
+  'Creates the monthly audit partition holding the given date (idempotent; moves matching rows out of the default partition)';
+
+-- A partition cannot be attached while the default partition holds rows of its range, and audit rows may
+-- never be deleted. So: detach the default, create the month, route the default's rows back through the
+-- parent (each lands in its month or in a fresh default), then drop the detached copy. All in one
+-- transaction under an exclusive lock on the parent.
+create or replace function audit_private.create_partition_moving_default_rows(part_name text, range_from timestamptz, range_to timestamptz)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  moved bigint;
+begin
+  lock table audit_private.log_entries in access exclusive mode;
+  alter table audit_private.log_entries detach partition audit.log_default;
+  alter table audit.log_default rename to log_default_moving;
+  create table audit.log_default partition of audit_private.log_entries default;
+  perform audit_private.protect_partition('audit.log_default'::regclass);
+  execute format(
+    'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+    part_name, range_from, range_to);
+  insert into audit_private.log_entries select * from audit.log_default_moving;
+  get diagnostics moved = row_count;
+  drop table audit.log_default_moving;
+  raise notice 'audit: moved % row(s) out of audit.log_default while creating audit.%', moved, part_name;
+end
+$$;
+
+-- Creates the current month's partition and `months_ahead` months after it; returns the names it created.
+create or replace function audit.ensure_partitions(months_ahead integer default 3)
+  returns setof text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  first_month date := audit_private.current_month();
+  i integer;
+  part_name text;
+begin
+  if months_ahead is null or months_ahead < 0 then
+    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
+  end if;
+  -- The same lock as create_partition: a racing caller waits here, then finds the months made.
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  for i in 0 .. months_ahead loop
+    part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
+    if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+      return next audit.create_partition((first_month + make_interval(months => i))::date);
+    end if;
+  end loop;
+end
+$$;
+
+comment on function audit.ensure_partitions(integer) is
+  'Creates the current month''s audit partition and months_ahead months after it, if missing (idempotent, safe to race)';
+
+-- One row per partition of the audit table: what it covers, how big it is.
+create or replace view audit.partitions as
+select
+  c.relname::text                                                        as partition_name,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$FROM \('([^']+)'\)$re$), '')::timestamptz as range_start,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$TO \('([^']+)'\)$re$), '')::timestamptz   as range_end,
+  coalesce(s.n_live_tup, 0)::bigint                                      as estimated_rows,
+  pg_total_relation_size(c.oid)                                          as total_bytes,
+  pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'                         as is_default
+from pg_inherits i
+join pg_class c on c.oid = i.inhrelid
+left join pg_stat_user_tables s on s.relid = c.oid
+where i.inhparent = 'audit_private.log_entries'::regclass
+order by is_default, range_start;
+
+comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
+
+-- source: triggers/04_immutability.sql
+-- The audit trail is append-only: no role, the owner included, may UPDATE, DELETE or TRUNCATE it.
+-- Old months leave only as whole partitions (detach/drop) through the archive path.
+-- Statement-level guards refuse the statement even when it would touch no row. Statement triggers are
+-- not inherited by partitions, so every partition gets its own (audit_private.protect_partition).
+
+create or replace function audit_private.tg__append_only()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception 'audit trail is append-only: % on %.% is not allowed', tg_op, tg_table_schema, tg_table_name
+    using errcode = 'insufficient_privilege',
+          hint = 'Old months leave the database as whole partitions through the archive path.';
+end
+$$;
+
+create or replace function audit_private.protect_partition(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format('drop trigger if exists _100_append_only on %s', target);
+  execute format(
+    'create trigger _100_append_only before update or delete or truncate on %s
+       for each statement execute function audit_private.tg__append_only()', target);
+end
+$$;
+
+select audit_private.protect_partition('audit_private.log_entries'::regclass);
+select audit_private.protect_partition(inhrelid::regclass)
+  from pg_inherits where inhparent = 'audit_private.log_entries'::regclass;
+
+-- Privileges: nobody gets write access to the storage; capture writes through security definer functions.
+revoke all on audit_private.log_entries from public;
+revoke all on audit.log_default from public;
+
+-- source: triggers/05_context.sql
+-- Who made a change travels in transaction-local settings (set_config(name, value, true)), so it never
+-- outlives the transaction and survives connection pools:
+--   audit.user_id, audit.user_email, audit.ip_address, audit.user_agent, audit.request_id, audit.metadata
+-- A value that cannot be parsed (an ip_address that is not an inet, a metadata that is not a JSON object)
+-- never fails the business write and is never dropped: the column stays null and the raw text is kept in
+-- metadata under "invalid_context", e.g. {"invalid_context": {"audit.ip_address": "not-an-ip"}}.
+
+do $$
+begin
+  if not exists (select from pg_type where typname = 'context' and typnamespace = 'audit_private'::regnamespace) then
+    create type audit_private.context as (
+      user_id          text,
+      user_email       text,
+      ip_address       inet,
+      user_agent       text,
+      request_id       text,
+      metadata         jsonb,
+      db_user          text,
+      application_name text
+    );
+  end if;
+end
+$$;
+
+-- A setting as text, or null when unset. After a transaction-local set, a setting reads '' (not null)
+-- for the rest of the session, hence nullif.
+create or replace function audit_private.setting(name text)
+  returns text
+  language sql
+  stable
+  parallel safe
+as $$
+  select nullif(current_setting(name, true), '')
+$$;
+
+-- The context of the current statement. Called once per audited statement, never per row.
+create or replace function audit_private.current_context()
+  returns audit_private.context
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  ctx audit_private.context;
+  raw_ip text := audit_private.setting('audit.ip_address');
+  raw_metadata text := audit_private.setting('audit.metadata');
+  invalid jsonb := '{}';
+begin
+  ctx.user_id := audit_private.setting('audit.user_id');
+  ctx.user_email := audit_private.setting('audit.user_email');
+  ctx.user_agent := audit_private.setting('audit.user_agent');
+  ctx.request_id := audit_private.setting('audit.request_id');
+  -- Inside a security definer function current_user is the definer; the `role` setting still names
+  -- the role the caller switched to (SET ROLE), and session_user the role that logged in.
+  ctx.db_user := coalesce(nullif(current_setting('role'), 'none'), session_user);
+  ctx.application_name := nullif(current_setting('application_name'), '');
+
+  if raw_ip is not null then
+    begin
+      ctx.ip_address := raw_ip::inet;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.ip_address', raw_ip);
+    end;
+  end if;
+
+  if raw_metadata is not null then
+    begin
+      ctx.metadata := raw_metadata::jsonb;
+      if jsonb_typeof(ctx.metadata) <> 'object' then
+        ctx.metadata := null;
+        invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+      end if;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+    end;
+  end if;
+
+  if invalid <> '{}' then
+    ctx.metadata := coalesce(ctx.metadata, '{}') || jsonb_build_object('invalid_context', invalid);
+  end if;
+  return ctx;
+end
+$$;
+
+-- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,
+-- so several calls can add to one context.
+create or replace function audit.set_context(
+  user_id text default null,
+  user_email text default null,
+  ip_address inet default null,
+  user_agent text default null,
+  request_id text default null,
+  metadata jsonb default null
+)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if metadata is not null and jsonb_typeof(metadata) <> 'object' then
+    raise exception 'audit.set_context: metadata must be a JSON object, got %', jsonb_typeof(metadata)
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if user_id is not null then perform set_config('audit.user_id', user_id, true); end if;
+  if user_email is not null then perform set_config('audit.user_email', user_email, true); end if;
+  if ip_address is not null then perform set_config('audit.ip_address', ip_address::text, true); end if;
+  if user_agent is not null then perform set_config('audit.user_agent', user_agent, true); end if;
+  if request_id is not null then perform set_config('audit.request_id', request_id, true); end if;
+  if metadata is not null then perform set_config('audit.metadata', metadata::text, true); end if;
+end
+$$;
+
+comment on function audit.set_context(text, text, inet, text, text, jsonb) is
+  'Sets who is acting for the rest of the current transaction (transaction-local settings audit.*)';
+
+grant execute on function audit.set_context(text, text, inet, text, text, jsonb) to cartop_anonymous, cartop_user, cartop_auditor;
+
+-- source: triggers/06_tracking.sql
+-- Tracking: which tables are audited, with which options, and the triggers that capture their changes.
+--
+-- Capture is statement-level (AFTER ... FOR EACH STATEMENT with transition tables): one INSERT ... SELECT
+-- per audited statement writes one audit row per changed row, whether the statement touched one row or
+-- a million (COPY, MERGE, ON CONFLICT and cascades included). Everything that can be known about a table
+-- (primary key, excluded and masked columns, which columns to compare) is worked out once, at
+-- enable_tracking time, and handed to the trigger as arguments or baked into a generated function.
+
+create table if not exists audit_private.tables (
+  id               integer     generated always as identity primary key,
+  schema_name      text        not null,
+  table_name       text        not null,
+  primary_key      text[]      not null,
+  excluded_columns text[]      not null default '{}',
+  masked_columns   text[]      not null default '{}',
+  enabled          boolean     not null default true,
+  created_at       timestamptz not null default now(),
+  updated_at       timestamptz not null default now(),
+  constraint tables_name_unique unique (schema_name, table_name),
+  constraint tables_primary_key_present check (cardinality(primary_key) > 0)
+);
+
+comment on table audit_private.tables is
+  'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+
+-- Text that marks a masked value: the column is recorded as changed, its value never is.
+create or replace function audit_private.masked_value()
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$ select '"[masked]"'::jsonb $$;
+
+create or replace function audit_private.masked_object(masked_columns text[])
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select coalesce(jsonb_object_agg(c, audit_private.masked_value()), '{}')
+  from unnest(masked_columns) as c
+$$;
+
+-- TRUNCATE: one audit row for the statement, no entity. The table id is the trigger argument.
+create or replace function audit_private.tg__capture_truncate()
+  returns trigger
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  _ctx audit_private.context := audit_private.current_context();
+begin
+  insert into audit_private.log_entries (created_at, tx_id, table_id, action,
+    user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
+  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T',
+    _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
+    _ctx.db_user, _ctx.application_name);
+  return null;
+end
+$$;
+
+-- Whether values of a type can be compared with IS DISTINCT FROM (json, xml, point... cannot).
+create or replace function audit_private.type_has_equality(type_name text)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format('select null::%s is distinct from null::%1$s', type_name);
+  return true;
+exception when undefined_function then
+  return false;
+end
+$$;
+
+-- SQL for "this row as audited JSON": excluded columns removed, masked ones replaced. `row_alias` is a
+-- row of the table (or of a subquery whose extra columns are listed in `extra_columns`).
+create or replace function audit_private.row_json_sql(tracked audit_private.tables, row_alias text, extra_columns text[] default '{}')
+  returns text
+  language sql
+  immutable
+as $$
+  select format('to_jsonb(%s)', row_alias)
+    || case when cardinality(extra_columns || tracked.excluded_columns) > 0
+         then format(' - %L::text[]', extra_columns || tracked.excluded_columns) else '' end
+    || case when cardinality(tracked.masked_columns) > 0
+         then format(' || %L::jsonb', audit_private.masked_object(tracked.masked_columns)) else '' end
+$$;
+
+-- SQL for the entity id, read from audited JSON in `json_sql` (and, for UPDATE, from `delta_sql` first,
+-- where a changed key lives): the key value as text, or a JSON array of the values of a composite key.
+create or replace function audit_private.entity_id_sql(tracked audit_private.tables, json_sql text, delta_sql text default null)
+  returns text
+  language sql
+  immutable
+as $$
+  select case
+    when cardinality(tracked.primary_key) = 1 and delta_sql is null
+      then format('%s ->> %L', json_sql, tracked.primary_key[1])
+    when cardinality(tracked.primary_key) = 1
+      then format('coalesce(%s ->> %L, %s ->> %2$L)', delta_sql, tracked.primary_key[1], json_sql)
+    else format('jsonb_build_array(%s)::text', (
+      select string_agg(
+               case when delta_sql is null then format('%s -> %L', json_sql, k)
+                    else format('coalesce(%s -> %L, %s -> %2$L)', delta_sql, k, json_sql) end,
+               ', ' order by ord)
+      from unnest(tracked.primary_key) with ordinality as u(k, ord)))
+  end
+$$;
+
+-- SQL for the UPDATE delta: the new values of the columns that changed, each compared with its own
+-- type's equality (as text where the type has none); masked columns get the mask instead of a value.
+create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  terms text[] := '{}';
+  col record;
+  cast_suffix text;
+begin
+  for col in
+    select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type_name
+    from pg_attribute a
+    where a.attrelid = target and a.attnum > 0 and not a.attisdropped
+      and a.attname <> all (tracked.excluded_columns)
+    order by a.attnum
+  loop
+    cast_suffix := case when audit_private.type_has_equality(col.type_name) then '' else '::text' end;
+    terms := terms || format(
+      'case when o.%1$I%2$s is distinct from n.%1$I%2$s then %3$s else ''{}''::jsonb end',
+      col.name, cast_suffix,
+      case when col.name = any (tracked.masked_columns)
+        then format('jsonb_build_object(%L, audit_private.masked_value())', col.name)
+        else format('jsonb_build_object(%L, n.%I)', col.name, col.name)
+      end);
+  end loop;
+  return array_to_string(terms, E'\n          || ');
+end
+$$;
+
+-- Writes one generated capture function: the shared prologue (context read once per statement) around
+-- the statement-specific INSERT ... SELECT.
+create or replace function audit_private.write_capture_function(function_name text, target regclass, capture_sql text)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format($template$
+    create or replace function audit_private.%1$I()
+      returns trigger
+      language plpgsql
+      security definer
+      set search_path = pg_catalog, pg_temp
+      set jit = off
+    as $function$
+    -- Generated by audit.enable_tracking for %2$s; rewritten on every enable_tracking, do not edit.
+    declare
+      _ctx audit_private.context := audit_private.current_context();
+      _at timestamptz := statement_timestamp();
+      _tx bigint := txid_current();
+    begin
+      %3$s;
+      return null;
+    end
+    $function$
+  $template$, function_name, target, capture_sql);
+end
+$$;
+
+-- Writes the INSERT, UPDATE and DELETE capture functions of one tracked table. Everything known about the
+-- table is baked in: its id, key, columns, exclusions and masks, so a statement does no lookups.
+--
+-- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
+-- new values of the changed columns. Old and new rows are paired by their position in the transition
+-- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
+-- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
+-- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
+-- evaluating to_jsonb once per reference instead of once per row.
+create or replace function audit_private.write_capture_functions(tracked audit_private.tables, target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, delta,
+        user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
+  context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
+        _ctx.metadata, _ctx.db_user, _ctx.application_name';
+  op record;
+begin
+  for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
+    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
+      '%s
+      select _at, _tx, %s, %L, %s, r.row_data, null, %s
+      from (select %s as row_data from %s t offset 0) r',
+      insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
+      audit_private.row_json_sql(tracked, 't'), op.transition));
+  end loop;
+
+  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
+    '%s
+      select _at, _tx, %s, %L, %s, c.row_data, c.delta, %s
+      from (
+        select %s as row_data,
+          %s as delta
+        from (select row_number() over () as audit_ordinal__, t.* from old_rows t) o
+        full join (select row_number() over () as audit_ordinal__, t.* from new_rows t) n using (audit_ordinal__)
+        offset 0
+      ) c
+      where c.delta <> ''{}''::jsonb',
+    insert_columns, tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'), context_values,
+    audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
+end
+$$;
+
+-- (Re)creates the capture triggers of one tracked table from its registry row.
+create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform audit_private.write_capture_functions(tracked, target);
+  perform audit_private.detach_capture(target);
+  execute format('create trigger _900_audit_insert after insert on %s referencing new table as new_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_insert_%s', tracked.id));
+  execute format('create trigger _900_audit_update after update on %s referencing old table as old_rows new table as new_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_update_%s', tracked.id));
+  execute format('create trigger _900_audit_delete after delete on %s referencing old table as old_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_delete_%s', tracked.id));
+  execute format('create trigger _900_audit_truncate after truncate on %s
+                    for each statement execute function audit_private.tg__capture_truncate(%L)', target, tracked.id);
+end
+$$;
+
+create or replace function audit_private.detach_capture(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  trigger_name text;
+begin
+  for trigger_name in
+    select tgname from pg_trigger
+    where tgrelid = target and tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+  loop
+    execute format('drop trigger %I on %s', trigger_name, target);
+  end loop;
+end
+$$;
+
+-- Starts (or re-configures) auditing of a table. Idempotent: calling it again replaces the options.
+create or replace function audit.enable_tracking(
+  target regclass,
+  excluded_columns text[] default '{}',
+  masked_columns text[] default '{}'
+)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  rel record;
+  key_columns text[];
+  unknown text[];
+  tracked audit_private.tables;
+begin
+  if target is null then
+    raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
+  end if;
+  excluded_columns := coalesce(excluded_columns, '{}');
+  masked_columns := coalesce(masked_columns, '{}');
+
+  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition
+    into rel
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where c.oid = target;
+
+  if rel.relkind not in ('r', 'p') then
+    raise exception 'audit.enable_tracking: % is not a table', target using errcode = 'wrong_object_type';
+  end if;
+  if rel.relispartition then
+    raise exception 'audit.enable_tracking: % is a partition; track its partitioned parent instead', target
+      using errcode = 'wrong_object_type';
+  end if;
+  if rel.schema_name in ('audit', 'audit_private') then
+    raise exception 'audit.enable_tracking: % belongs to the audit system and cannot be tracked', target
+      using errcode = 'wrong_object_type';
+  end if;
+
+  select array_agg(a.attname::text order by k.ord) into key_columns
+  from pg_index i
+  cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+  join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+  where i.indrelid = target and i.indisprimary;
+  if key_columns is null then
+    raise exception 'audit.enable_tracking: table % has no primary key', target
+      using errcode = 'invalid_table_definition',
+            hint = 'Audit rows are keyed by the primary key; add one before tracking the table.';
+  end if;
+
+  select array_agg(c) into unknown
+  from unnest(excluded_columns || masked_columns) as c
+  where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
+  if unknown is not null then
+    raise exception 'audit.enable_tracking: table % has no column(s) %', target, array_to_string(unknown, ', ')
+      using errcode = 'undefined_column';
+  end if;
+  if key_columns && (excluded_columns || masked_columns) then
+    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded or masked', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if excluded_columns && masked_columns then
+    raise exception 'audit.enable_tracking: a column of % cannot be both excluded and masked', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+
+  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
+  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
+  on conflict (schema_name, table_name) do update
+    set primary_key = excluded.primary_key,
+        excluded_columns = excluded.excluded_columns,
+        masked_columns = excluded.masked_columns,
+        enabled = true,
+        updated_at = now()
+  returning t.* into tracked;
+
+  perform audit_private.attach_capture(tracked, target);
+end
+$$;
+
+comment on function audit.enable_tracking(regclass, text[], text[]) is
+  'Starts auditing a table (idempotent; a second call replaces excluded and masked columns)';
+
+-- Stops auditing a table. Its audit rows stay; so does its registry row (marked disabled).
+create or replace function audit.disable_tracking(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked audit_private.tables;
+begin
+  update audit_private.tables t
+     set enabled = false, updated_at = now()
+   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target and t.schema_name = n.nspname and t.table_name = c.relname and t.enabled
+  returning t.* into tracked;
+  if tracked.id is null then
+    raise exception 'audit.disable_tracking: table % is not tracked', target using errcode = 'undefined_object';
+  end if;
+  perform audit_private.detach_capture(target);
+  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
+    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+end
+$$;
+
+comment on function audit.disable_tracking(regclass) is 'Stops auditing a table; its audit history is kept';
+
+revoke all on function audit.enable_tracking(regclass, text[], text[]) from public;
+revoke all on function audit.disable_tracking(regclass) from public;
+
+-- What is tracked, and whether its four capture triggers are in place and enabled.
+create or replace view audit.tracked_tables as
+select
+  t.schema_name,
+  t.table_name,
+  t.primary_key,
+  t.excluded_columns,
+  t.masked_columns,
+  t.enabled,
+  coalesce(tr.installed, 0) as triggers_installed,
+  coalesce(tr.active, 0) as triggers_active,
+  t.created_at,
+  t.updated_at
+from audit_private.tables t
+left join lateral (
+  select count(*)::integer as installed, count(*) filter (where g.tgenabled <> 'D')::integer as active
+  from pg_trigger g
+  where g.tgrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
+    and g.tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+) tr on true;
+
+comment on view audit.tracked_tables is
+  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist and are enabled';
+
+-- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
+-- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
+-- (renamed or dropped), its protection cannot follow it by name, so the ALTER TABLE is refused rather
+-- than let a renamed secret into the trail.
+create or replace function audit_private.refresh_tracking(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked audit_private.tables;
+  missing text[];
+begin
+  select t.* into tracked
+  from audit_private.tables t
+  join pg_class c on c.relname = t.table_name
+  join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
+  where c.oid = target and t.enabled;
+  if tracked.id is null then
+    return;
+  end if;
+  select array_agg(c) into missing
+  from unnest(tracked.excluded_columns || tracked.masked_columns) as c
+  where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
+  if missing is not null then
+    raise exception 'cartop-audit: column(s) % of % are excluded or masked from the audit trail and would no longer be', array_to_string(missing, ', '), target
+      using errcode = 'object_in_use',
+            hint = format('In one transaction: select audit.disable_tracking(%L); your ALTER TABLE; select audit.enable_tracking(%L, ...) with the new column names.', target, target);
+  end if;
+  perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns);
+end
+$$;
+
+create or replace function audit_private.tg__refresh_after_ddl()
+  returns event_trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cmd record;
+begin
+  for cmd in
+    select distinct objid from pg_event_trigger_ddl_commands()
+    where classid = 'pg_class'::regclass and object_type in ('table', 'table column')
+  loop
+    perform audit_private.refresh_tracking(cmd.objid::regclass);
+  end loop;
+end
+$$;
+
+-- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
+-- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables shows the state).
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    drop event trigger if exists audit_refresh_after_ddl;
+    create event trigger audit_refresh_after_ddl on ddl_command_end
+      when tag in ('ALTER TABLE')
+      execute function audit_private.tg__refresh_after_ddl();
+  else
+    raise notice 'cartop-audit: not a superuser, so no event trigger; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
+  end if;
+end
+$$;
+
+-- source: triggers/07_log_view.sql
+-- audit.log: the audit trail as readers expect it (full old and new rows, per-column changes, context),
+-- computed from the compact storage. Only the columns a query names are computed.
+
+-- {"column": {"old": ..., "new": ...}} for every column in delta.
+create or replace function audit_private.changes_of(old_row jsonb, delta jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select jsonb_object_agg(d.key, jsonb_build_object('old', old_row -> d.key, 'new', d.value))
+  from jsonb_each(delta) as d
+$$;
+
+create or replace function audit_private.action_name(action "char")
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select case action when 'I' then 'INSERT' when 'U' then 'UPDATE' when 'D' then 'DELETE' when 'T' then 'TRUNCATE' end
+$$;
+
+-- security_invoker: row-level security of the storage applies to whoever reads the view.
+create or replace view audit.log with (security_invoker = true) as
+select
+  e.id,
+  e.created_at,
+  e.tx_id,
+  t.schema_name                               as entity_schema,
+  t.table_name                                as entity_name,
+  e.entity_id,
+  audit_private.action_name(e.action)         as action,
+  case when e.action in ('U', 'D') then e.row_data end             as old_value,
+  case e.action when 'I' then e.row_data when 'U' then e.row_data || e.delta end as new_value,
+  case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
+  e.user_id,
+  e.user_email,
+  e.ip_address,
+  e.user_agent,
+  e.request_id,
+  e.metadata,
+  e.db_user,
+  e.application_name
+from audit_private.log_entries e
+join audit_private.tables t on t.id = e.table_id;
+
+comment on view audit.log is 'The audit trail: one row per changed row (one per TRUNCATE), append-only, partitioned by month';
+comment on column audit.log.id is 'Unique; increasing within a transaction';
+comment on column audit.log.created_at is 'When the statement that made the change started';
+comment on column audit.log.tx_id is 'Id of the writing transaction (txid_current())';
+comment on column audit.log.entity_schema is 'Schema of the audited table';
+comment on column audit.log.entity_name is 'Name of the audited table';
+comment on column audit.log.entity_id is 'Primary key as text; composite keys as a JSON array in key order, e.g. [42, "eu"]';
+comment on column audit.log.action is 'INSERT, UPDATE, DELETE or TRUNCATE';
+comment on column audit.log.old_value is 'The row before the change (UPDATE, DELETE); excluded columns absent, masked ones "[masked]"';
+comment on column audit.log.new_value is 'The row after the change (INSERT, UPDATE)';
+comment on column audit.log.changes is 'UPDATE only: {"column": {"old": ..., "new": ...}} for each changed column';
+comment on column audit.log.user_id is 'Setting audit.user_id of the writing transaction';
+comment on column audit.log.user_email is 'Setting audit.user_email';
+comment on column audit.log.ip_address is 'Setting audit.ip_address';
+comment on column audit.log.user_agent is 'Setting audit.user_agent';
+comment on column audit.log.request_id is 'Setting audit.request_id';
+comment on column audit.log.metadata is 'Setting audit.metadata (a JSON object); unparsable context values are kept under "invalid_context"';
+comment on column audit.log.db_user is 'Database role that made the change (after SET ROLE)';
+comment on column audit.log.application_name is 'application_name of the writing session';
+
+-- Who may read: auditors everything, users their own activity, anonymous nothing.
+grant select on audit.log, audit.tracked_tables to cartop_user, cartop_auditor;
+grant select on audit_private.log_entries, audit_private.tables to cartop_user, cartop_auditor;
+grant select on audit.partitions to cartop_auditor;
+
+alter table audit_private.log_entries enable row level security;
+
+drop policy if exists auditor_reads_all on audit_private.log_entries;
+create policy auditor_reads_all on audit_private.log_entries
+  for select to cartop_auditor using (true);
+
+drop policy if exists user_reads_own on audit_private.log_entries;
+create policy user_reads_own on audit_private.log_entries
+  for select to cartop_user using (user_id = audit_private.setting('audit.user_id'));
+
+-- source: partitions/08_premake.sql
+-- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
+select audit.ensure_partitions(3);
+
+-- source: example/09_app.sql
+-- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
+-- Both tables are tracked; users.password_hash is excluded from the audit trail.
+
+create extension if not exists pgcrypto;
+create schema if not exists app;
+grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor;
+
+create table if not exists app.users (
+  id            uuid        primary key default gen_random_uuid(),
+  email         text        not null,
+  first_name    text        not null default '',
+  last_name     text        not null default '',
+  password_hash text,
+  created_at    timestamptz not null default now(),
+  updated_at    timestamptz not null default now(),
+  constraint users_email_valid check (email ~ '^[^@\s]+@[^@\s]+$')
+);
+create unique index if not exists users_email_unique on app.users (lower(email));
+comment on table app.users is 'Example application users';
+comment on column app.users.password_hash is 'bcrypt hash (pgcrypto crypt/gen_salt); never audited';
+
+create table if not exists app.products (
+  id         bigint        generated always as identity primary key,
+  name       text          not null,
+  price      numeric(12,2) not null check (price >= 0),
+  stock      integer       not null default 0 check (stock >= 0),
+  attributes jsonb         not null default '{}',
+  created_at timestamptz   not null default now(),
+  updated_at timestamptz   not null default now()
+);
+comment on table app.products is 'Example product catalogue';
+
+-- Hashes a password the way app.users stores it (bcrypt via pgcrypto).
+create or replace function app.hash_password(password text)
+  returns text
+  language sql
+  volatile
+  set search_path = pg_catalog, public, pg_temp
+as $$
+  select crypt(password, gen_salt('bf', 8))
+$$;
+
+create or replace function app.tg__touch_updated_at()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+
+drop trigger if exists _100_touch_updated_at on app.users;
+create trigger _100_touch_updated_at before update on app.users
+  for each row execute function app.tg__touch_updated_at();
+drop trigger if exists _100_touch_updated_at on app.products;
+create trigger _100_touch_updated_at before update on app.products
+  for each row execute function app.tg__touch_updated_at();
+
+grant select, insert, update, delete on app.users, app.products to cartop_user;
+grant select on app.products to cartop_anonymous;
+
+select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
+select audit.enable_tracking('app.products');

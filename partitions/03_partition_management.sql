@@ -1,0 +1,146 @@
+-- Monthly partitions: naming, creation (one month, or the current month and N ahead), and status.
+-- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
+-- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
+
+create or replace function audit_private.partition_name(month date)
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select 'log_' || to_char(month, 'YYYY_MM')
+$$;
+
+comment on function audit_private.partition_name(date) is 'Name (in schema audit) of the partition holding the month of the given date';
+
+-- The first instant of a month, in UTC, as timestamptz.
+create or replace function audit_private.month_start(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month)::timestamp) at time zone 'UTC'
+$$;
+
+-- The current month in UTC.
+create or replace function audit_private.current_month()
+  returns date
+  language sql
+  stable
+as $$
+  select date_trunc('month', now() at time zone 'UTC')::date
+$$;
+
+-- Creates the partition for one month if it does not exist; returns its name.
+-- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- If the default partition already holds rows of that month, they are moved into the new partition in
+-- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
+create or replace function audit.create_partition(month date)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+  range_from timestamptz := audit_private.month_start(month);
+  range_to timestamptz := audit_private.month_start((date_trunc('month', month) + interval '1 month')::date);
+begin
+  if month is null then
+    raise exception 'audit.create_partition: month must not be null';
+  end if;
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
+  if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+    return part_name;
+  end if;
+
+  if exists (select from audit.log_default where created_at >= range_from and created_at < range_to) then
+    perform audit_private.create_partition_moving_default_rows(part_name, range_from, range_to);
+  else
+    execute format(
+      'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+      part_name, range_from, range_to);
+  end if;
+  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
+  return part_name;
+end
+$$;
+
+comment on function audit.create_partition(date) is
+  'Creates the monthly audit partition holding the given date (idempotent; moves matching rows out of the default partition)';
+
+-- A partition cannot be attached while the default partition holds rows of its range, and audit rows may
+-- never be deleted. So: detach the default, create the month, route the default's rows back through the
+-- parent (each lands in its month or in a fresh default), then drop the detached copy. All in one
+-- transaction under an exclusive lock on the parent.
+create or replace function audit_private.create_partition_moving_default_rows(part_name text, range_from timestamptz, range_to timestamptz)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  moved bigint;
+begin
+  lock table audit_private.log_entries in access exclusive mode;
+  alter table audit_private.log_entries detach partition audit.log_default;
+  alter table audit.log_default rename to log_default_moving;
+  create table audit.log_default partition of audit_private.log_entries default;
+  perform audit_private.protect_partition('audit.log_default'::regclass);
+  execute format(
+    'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+    part_name, range_from, range_to);
+  insert into audit_private.log_entries select * from audit.log_default_moving;
+  get diagnostics moved = row_count;
+  drop table audit.log_default_moving;
+  raise notice 'audit: moved % row(s) out of audit.log_default while creating audit.%', moved, part_name;
+end
+$$;
+
+-- Creates the current month's partition and `months_ahead` months after it; returns the names it created.
+create or replace function audit.ensure_partitions(months_ahead integer default 3)
+  returns setof text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  first_month date := audit_private.current_month();
+  i integer;
+  part_name text;
+begin
+  if months_ahead is null or months_ahead < 0 then
+    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
+  end if;
+  -- The same lock as create_partition: a racing caller waits here, then finds the months made.
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  for i in 0 .. months_ahead loop
+    part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
+    if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+      return next audit.create_partition((first_month + make_interval(months => i))::date);
+    end if;
+  end loop;
+end
+$$;
+
+comment on function audit.ensure_partitions(integer) is
+  'Creates the current month''s audit partition and months_ahead months after it, if missing (idempotent, safe to race)';
+
+-- One row per partition of the audit table: what it covers, how big it is.
+create or replace view audit.partitions as
+select
+  c.relname::text                                                        as partition_name,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$FROM \('([^']+)'\)$re$), '')::timestamptz as range_start,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$TO \('([^']+)'\)$re$), '')::timestamptz   as range_end,
+  coalesce(s.n_live_tup, 0)::bigint                                      as estimated_rows,
+  pg_total_relation_size(c.oid)                                          as total_bytes,
+  pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'                         as is_default
+from pg_inherits i
+join pg_class c on c.oid = i.inhrelid
+left join pg_stat_user_tables s on s.relid = c.oid
+where i.inhparent = 'audit_private.log_entries'::regclass
+order by is_default, range_start;
+
+comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';

@@ -1,0 +1,117 @@
+-- Who made a change travels in transaction-local settings (set_config(name, value, true)), so it never
+-- outlives the transaction and survives connection pools:
+--   audit.user_id, audit.user_email, audit.ip_address, audit.user_agent, audit.request_id, audit.metadata
+-- A value that cannot be parsed (an ip_address that is not an inet, a metadata that is not a JSON object)
+-- never fails the business write and is never dropped: the column stays null and the raw text is kept in
+-- metadata under "invalid_context", e.g. {"invalid_context": {"audit.ip_address": "not-an-ip"}}.
+
+do $$
+begin
+  if not exists (select from pg_type where typname = 'context' and typnamespace = 'audit_private'::regnamespace) then
+    create type audit_private.context as (
+      user_id          text,
+      user_email       text,
+      ip_address       inet,
+      user_agent       text,
+      request_id       text,
+      metadata         jsonb,
+      db_user          text,
+      application_name text
+    );
+  end if;
+end
+$$;
+
+-- A setting as text, or null when unset. After a transaction-local set, a setting reads '' (not null)
+-- for the rest of the session, hence nullif.
+create or replace function audit_private.setting(name text)
+  returns text
+  language sql
+  stable
+  parallel safe
+as $$
+  select nullif(current_setting(name, true), '')
+$$;
+
+-- The context of the current statement. Called once per audited statement, never per row.
+create or replace function audit_private.current_context()
+  returns audit_private.context
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  ctx audit_private.context;
+  raw_ip text := audit_private.setting('audit.ip_address');
+  raw_metadata text := audit_private.setting('audit.metadata');
+  invalid jsonb := '{}';
+begin
+  ctx.user_id := audit_private.setting('audit.user_id');
+  ctx.user_email := audit_private.setting('audit.user_email');
+  ctx.user_agent := audit_private.setting('audit.user_agent');
+  ctx.request_id := audit_private.setting('audit.request_id');
+  -- Inside a security definer function current_user is the definer; the `role` setting still names
+  -- the role the caller switched to (SET ROLE), and session_user the role that logged in.
+  ctx.db_user := coalesce(nullif(current_setting('role'), 'none'), session_user);
+  ctx.application_name := nullif(current_setting('application_name'), '');
+
+  if raw_ip is not null then
+    begin
+      ctx.ip_address := raw_ip::inet;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.ip_address', raw_ip);
+    end;
+  end if;
+
+  if raw_metadata is not null then
+    begin
+      ctx.metadata := raw_metadata::jsonb;
+      if jsonb_typeof(ctx.metadata) <> 'object' then
+        ctx.metadata := null;
+        invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+      end if;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+    end;
+  end if;
+
+  if invalid <> '{}' then
+    ctx.metadata := coalesce(ctx.metadata, '{}') || jsonb_build_object('invalid_context', invalid);
+  end if;
+  return ctx;
+end
+$$;
+
+-- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,
+-- so several calls can add to one context.
+create or replace function audit.set_context(
+  user_id text default null,
+  user_email text default null,
+  ip_address inet default null,
+  user_agent text default null,
+  request_id text default null,
+  metadata jsonb default null
+)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if metadata is not null and jsonb_typeof(metadata) <> 'object' then
+    raise exception 'audit.set_context: metadata must be a JSON object, got %', jsonb_typeof(metadata)
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if user_id is not null then perform set_config('audit.user_id', user_id, true); end if;
+  if user_email is not null then perform set_config('audit.user_email', user_email, true); end if;
+  if ip_address is not null then perform set_config('audit.ip_address', ip_address::text, true); end if;
+  if user_agent is not null then perform set_config('audit.user_agent', user_agent, true); end if;
+  if request_id is not null then perform set_config('audit.request_id', request_id, true); end if;
+  if metadata is not null then perform set_config('audit.metadata', metadata::text, true); end if;
+end
+$$;
+
+comment on function audit.set_context(text, text, inet, text, text, jsonb) is
+  'Sets who is acting for the rest of the current transaction (transaction-local settings audit.*)';
+
+grant execute on function audit.set_context(text, text, inet, text, text, jsonb) to cartop_anonymous, cartop_user, cartop_auditor;

@@ -1,0 +1,81 @@
+-- audit.log: the audit trail as readers expect it (full old and new rows, per-column changes, context),
+-- computed from the compact storage. Only the columns a query names are computed.
+
+-- {"column": {"old": ..., "new": ...}} for every column in delta.
+create or replace function audit_private.changes_of(old_row jsonb, delta jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select jsonb_object_agg(d.key, jsonb_build_object('old', old_row -> d.key, 'new', d.value))
+  from jsonb_each(delta) as d
+$$;
+
+create or replace function audit_private.action_name(action "char")
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select case action when 'I' then 'INSERT' when 'U' then 'UPDATE' when 'D' then 'DELETE' when 'T' then 'TRUNCATE' end
+$$;
+
+-- security_invoker: row-level security of the storage applies to whoever reads the view.
+create or replace view audit.log with (security_invoker = true) as
+select
+  e.id,
+  e.created_at,
+  e.tx_id,
+  t.schema_name                               as entity_schema,
+  t.table_name                                as entity_name,
+  e.entity_id,
+  audit_private.action_name(e.action)         as action,
+  case when e.action in ('U', 'D') then e.row_data end             as old_value,
+  case e.action when 'I' then e.row_data when 'U' then e.row_data || e.delta end as new_value,
+  case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
+  e.user_id,
+  e.user_email,
+  e.ip_address,
+  e.user_agent,
+  e.request_id,
+  e.metadata,
+  e.db_user,
+  e.application_name
+from audit_private.log_entries e
+join audit_private.tables t on t.id = e.table_id;
+
+comment on view audit.log is 'The audit trail: one row per changed row (one per TRUNCATE), append-only, partitioned by month';
+comment on column audit.log.id is 'Unique; increasing within a transaction';
+comment on column audit.log.created_at is 'When the statement that made the change started';
+comment on column audit.log.tx_id is 'Id of the writing transaction (txid_current())';
+comment on column audit.log.entity_schema is 'Schema of the audited table';
+comment on column audit.log.entity_name is 'Name of the audited table';
+comment on column audit.log.entity_id is 'Primary key as text; composite keys as a JSON array in key order, e.g. [42, "eu"]';
+comment on column audit.log.action is 'INSERT, UPDATE, DELETE or TRUNCATE';
+comment on column audit.log.old_value is 'The row before the change (UPDATE, DELETE); excluded columns absent, masked ones "[masked]"';
+comment on column audit.log.new_value is 'The row after the change (INSERT, UPDATE)';
+comment on column audit.log.changes is 'UPDATE only: {"column": {"old": ..., "new": ...}} for each changed column';
+comment on column audit.log.user_id is 'Setting audit.user_id of the writing transaction';
+comment on column audit.log.user_email is 'Setting audit.user_email';
+comment on column audit.log.ip_address is 'Setting audit.ip_address';
+comment on column audit.log.user_agent is 'Setting audit.user_agent';
+comment on column audit.log.request_id is 'Setting audit.request_id';
+comment on column audit.log.metadata is 'Setting audit.metadata (a JSON object); unparsable context values are kept under "invalid_context"';
+comment on column audit.log.db_user is 'Database role that made the change (after SET ROLE)';
+comment on column audit.log.application_name is 'application_name of the writing session';
+
+-- Who may read: auditors everything, users their own activity, anonymous nothing.
+grant select on audit.log, audit.tracked_tables to cartop_user, cartop_auditor;
+grant select on audit_private.log_entries, audit_private.tables to cartop_user, cartop_auditor;
+grant select on audit.partitions to cartop_auditor;
+
+alter table audit_private.log_entries enable row level security;
+
+drop policy if exists auditor_reads_all on audit_private.log_entries;
+create policy auditor_reads_all on audit_private.log_entries
+  for select to cartop_auditor using (true);
+
+drop policy if exists user_reads_own on audit_private.log_entries;
+create policy user_reads_own on audit_private.log_entries
+  for select to cartop_user using (user_id = audit_private.setting('audit.user_id'));
