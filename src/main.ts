@@ -28,9 +28,11 @@ async function runUntilSignalled(work: (database: Database) => Promise<void>): P
   }
 }
 
-function psqlHint(url: string): string {
-  const u = new URL(url);
-  return `psql "postgres://${u.username}@${u.host}${u.pathname}"`;
+/** How to connect with psql; the password is shown only for the local embedded server. */
+function psqlHint(database: Database): string {
+  const u = new URL(database.url);
+  const password = database.embedded && u.password ? `:${u.password}` : "";
+  return `psql "postgres://${u.username}${password}@${u.host}${u.pathname}"`;
 }
 
 const program = new Command()
@@ -58,7 +60,7 @@ program
   .action(async () => {
     await runUntilSignalled(async (database) => {
       await runMigrations(database.url, { log });
-      log(`database ready; connect with: ${psqlHint(database.url)}`);
+      log(`database ready; connect with: ${psqlHint(database)}`);
       log("the example schema is app (app.users, app.products); the audit trail is audit.log");
       log("press Ctrl-C to stop");
     });

@@ -21,7 +21,7 @@ export interface EmbeddedOptions {
   persistent: boolean;
   /** Extra `-c name=value` server settings. */
   settings?: Record<string, string>;
-  onLog?: (message: string) => void;
+  onLog?: (message: unknown) => void;
 }
 
 async function portIsFree(port: number): Promise<boolean> {
@@ -55,7 +55,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     user: "postgres",
     password: "postgres",
     // Local development only: the server listens on 127.0.0.1 and nowhere else.
-    authMethod: "trust",
+    authMethod: "scram-sha-256",
     persistent: options.persistent,
     initdbFlags: ["--encoding=UTF8"],
     postgresFlags: Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
@@ -76,7 +76,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     );
   }
   return {
-    url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
     port,
     dataDir: options.dataDir,
     stop: () => server.stop(),
