@@ -22,7 +22,9 @@ create or replace function audit_private.protect_partition(target regclass)
   set search_path = pg_catalog, pg_temp
 as $$
 begin
-  execute format('drop trigger if exists _100_append_only on %s', target);
+  if exists (select from pg_trigger where tgrelid = target and tgname = '_100_append_only') then
+    execute format('drop trigger _100_append_only on %s', target);
+  end if;
   execute format(
     'create trigger _100_append_only before update or delete or truncate on %s
        for each statement execute function audit_private.tg__append_only()', target);

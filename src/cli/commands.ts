@@ -1,0 +1,291 @@
+// The `cartop-audit` command line. Exit codes: 0 success, 1 failure (including a failed verify),
+// 2 usage error (unknown command or option, bad argument).
+import { Command, InvalidArgumentError, Option } from "commander";
+import pg from "pg";
+import { archiveMonth, restoreMonth, verifyArchive } from "../archive/archive.ts";
+import { parseMonth } from "../archive/files.ts";
+import { readConfig, type Config } from "../config.ts";
+import { openDatabase, type Database } from "../db/database.ts";
+import { runMigrations } from "../db/migrate.ts";
+import { startWorker } from "../worker/worker.ts";
+import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
+
+let shuttingDown = false;
+const log = (line: string) => {
+  // On Ctrl-C the terminal signals the embedded PostgreSQL too; its goodbyes to the worker are expected.
+  if (shuttingDown && line.startsWith("worker:")) return;
+  process.stderr.write(`cartop-audit: ${line}\n`);
+};
+
+
+function nonNegativeInteger(text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value)) throw new InvalidArgumentError("expected a whole number >= 0");
+  return value;
+}
+
+function month(text: string): string {
+  try {
+    return parseMonth(text);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+/** Opens the database and a pool, runs `work`, and closes both. */
+async function withDatabase<T>(work: (pool: pg.Pool, config: Config, database: Database) => Promise<T>): Promise<T> {
+  const config = readConfig();
+  const database = await openDatabase(config, log);
+  const pool = new pg.Pool({ connectionString: database.url, max: 4 });
+  try {
+    return await work(pool, config, database);
+  } finally {
+    await pool.end();
+    await database.stop();
+  }
+}
+
+/** Runs until Ctrl-C / SIGTERM, then runs the shutdown actions in reverse order. */
+async function runUntilSignalled(start: (onShutdown: (action: () => Promise<void>) => void) => Promise<void>): Promise<void> {
+  const actions: (() => Promise<void>)[] = [];
+  const shutdown = async () => {
+    for (const action of actions.reverse()) await action().catch((e: Error) => log(`shutdown: ${e.message}`));
+  };
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: shutting down`);
+    shuttingDown = true;
+    void shutdown().then(() => process.exit(0));
+  };
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  try {
+    await start((action) => actions.push(action));
+  } catch (error) {
+    await shutdown();
+    throw error;
+  }
+}
+
+function psqlHint(database: Database): string {
+  const u = new URL(database.url);
+  const password = database.embedded && u.password ? `:${u.password}` : "";
+  return `psql "postgres://${u.username}${password}@${u.host}${u.pathname}"`;
+}
+
+function jsonOption() {
+  return new Option("--json", "print JSON instead of a table");
+}
+
+export function buildProgram(): Command {
+  const program = new Command()
+    .name("cartop-audit")
+    .description("PostgreSQL audit trail captured by triggers: migrate, run the worker, manage tracking and partitions")
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command("start")
+    .description("migrate, then run the worker (and, with issue #3, the API) until Ctrl-C")
+    .action(async () => {
+      await runUntilSignalled(async (onShutdown) => {
+        const config = readConfig();
+        const database = await openDatabase(config, log);
+        onShutdown(() => database.stop());
+        await runMigrations(database.url, { log });
+        const worker = await startWorker(database.url, config, log);
+        onShutdown(() => worker.stop());
+        log(`database ready; connect with: ${psqlHint(database)}`);
+        log("the example schema is app (app.users, app.products); the audit trail is audit.log");
+        log("worker running (partitions hourly, archive daily); press Ctrl-C to stop");
+      });
+    });
+
+  program
+    .command("migrate")
+    .description("apply committed migrations, then exit")
+    .action(async () => {
+      const config = readConfig();
+      const database = await openDatabase(config, log);
+      try {
+        await runMigrations(database.url, { log });
+        log("database is up to date");
+      } finally {
+        await database.stop();
+      }
+    });
+
+  program
+    .command("worker")
+    .description("run the graphile-worker process only (partition upkeep and archiving) until Ctrl-C")
+    .action(async () => {
+      await runUntilSignalled(async (onShutdown) => {
+        const config = readConfig();
+        const database = await openDatabase(config, log);
+        onShutdown(() => database.stop());
+        const worker = await startWorker(database.url, config, log);
+        onShutdown(() => worker.stop());
+        log("worker running; press Ctrl-C to stop");
+      });
+    });
+
+  program
+    .command("track")
+    .description("start auditing a table (again: replace its options)")
+    .argument("<table>", "schema-qualified table, e.g. app.users")
+    .option("--exclude <columns...>", "columns never recorded")
+    .option("--mask <columns...>", "columns recorded as changed, never with their value")
+    .addOption(jsonOption())
+    .action(async (table: string, options: { exclude?: string[]; mask?: string[] } & OutputOptions) => {
+      await withDatabase(async (pool) => {
+        await pool.query("select audit.enable_tracking($1::regclass, $2::text[], $3::text[])",
+          [table, options.exclude ?? [], options.mask ?? []]);
+        const { rows } = await pool.query(
+          `select schema_name, table_name, primary_key, excluded_columns, masked_columns, triggers_active
+             from audit.tracked_tables where to_regclass(format('%I.%I', schema_name, table_name)) = $1::regclass`, [table]);
+        printRows(rows, options);
+      });
+    });
+
+  program
+    .command("untrack")
+    .description("stop auditing a table (its history stays)")
+    .argument("<table>", "schema-qualified table")
+    .addOption(jsonOption())
+    .action(async (table: string, options: OutputOptions) => {
+      await withDatabase(async (pool) => {
+        await pool.query("select audit.disable_tracking($1::regclass)", [table]);
+        printResult({ table, tracked: false }, options);
+      });
+    });
+
+  program
+    .command("history")
+    .description("the audit history of one row, newest first")
+    .argument("<table>", "schema-qualified table, e.g. app.products")
+    .argument("<id>", "primary key as text (composite keys: the JSON array, e.g. '[42, \"eu\"]')")
+    .option("--limit <n>", "at most this many rows", nonNegativeInteger, 50)
+    .addOption(jsonOption())
+    .action(async (table: string, id: string, options: { limit: number } & OutputOptions) => {
+      await withDatabase(async (pool) => {
+        const { rows } = await pool.query(
+          `select l.id, l.created_at, l.action, coalesce(l.changes, l.new_value, l.old_value) as data, l.user_id, l.db_user
+             from audit.log l
+             join pg_class c on c.oid = $1::regclass
+             join pg_namespace n on n.oid = c.relnamespace
+            where l.entity_schema = n.nspname and l.entity_name = c.relname and l.entity_id = $2
+            order by l.id desc limit $3`, [table, id, options.limit]);
+        printRows(rows, options, `no audit rows for ${table} ${id}`);
+      });
+    });
+
+  const partitions = program.command("partitions").description("monthly partitions of the audit trail");
+
+  partitions
+    .command("list")
+    .description("partitions with their range, rows and size; archived months too")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      await withDatabase(async (pool) => {
+        const { rows } = await pool.query(
+          `select partition_name, range_start, range_end, estimated_rows, pg_size_pretty(total_bytes) as size, is_default
+             from audit.partitions`);
+        printRows(rows, options);
+        const { rows: archives } = await pool.query(
+          `select to_char(month, 'YYYY-MM') as month, status, rows, file_name, archived_at, restored_at, last_error
+             from audit.archives order by month`);
+        if (archives.length && !options.json) {
+          process.stdout.write("\narchives:\n");
+          printRows(archives, options);
+        }
+      });
+    });
+
+  partitions
+    .command("ensure")
+    .description("create the current month's partition and the next N")
+    .option("--months <n>", "months ahead (default AUDIT_PREMAKE_MONTHS)", nonNegativeInteger)
+    .addOption(jsonOption())
+    .action(async (options: { months?: number } & OutputOptions) => {
+      await withDatabase(async (pool, config) => {
+        const { rows } = await pool.query("select * from audit.ensure_partitions($1) as created",
+          [options.months ?? config.premakeMonths]);
+        printRows(rows, options, "all partitions already exist");
+      });
+    });
+
+  partitions
+    .command("archive")
+    .description("archive (export, verify, detach, drop) months entirely older than N months before this one")
+    .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
+    .addOption(jsonOption())
+    .action(async (options: { olderThan?: number } & OutputOptions) => {
+      await withDatabase(async (pool, config) => {
+        const { rows } = await pool.query<{ month: string }>(
+          "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m",
+          [options.olderThan ?? config.retentionMonths]);
+        const results = [];
+        for (const { month } of rows) {
+          const bar = progress(`archive ${month.slice(0, 7)}`, options);
+          try {
+            results.push(await archiveMonth(pool, month, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) }));
+          } finally {
+            bar.stop();
+          }
+        }
+        printRows(results.map((r) => ({ ...r })), options, "nothing to archive");
+      });
+    });
+
+  partitions
+    .command("restore")
+    .description("bring an archived month back (its checksum is verified first)")
+    .argument("<month>", "YYYY-MM", month)
+    .addOption(jsonOption())
+    .action(async (first: string, options: OutputOptions) => {
+      await withDatabase(async (pool, config) => {
+        const bar = progress(`restore ${first.slice(0, 7)}`, options);
+        try {
+          printResult({ ...(await restoreMonth(pool, first, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) })) }, options);
+        } finally {
+          bar.stop();
+        }
+      });
+    });
+
+  partitions
+    .command("verify")
+    .description("re-check archive files against their manifests (all archived months, or one)")
+    .argument("[month]", "YYYY-MM", month)
+    .addOption(jsonOption())
+    .action(async (first: string | undefined, options: OutputOptions) => {
+      const failed = await withDatabase(async (pool, config) => {
+        const months = first ? [first] : (await pool.query<{ month: string }>(
+          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status <> 'exporting' order by month")).rows.map((r) => r.month);
+        const results = [];
+        for (const m of months) results.push(await verifyArchive(pool, m, { dir: config.archiveDir }));
+        printRows(results.map((r) => ({ ...r })), options, "no archives");
+        return results.some((r) => !r.ok);
+      });
+      if (failed) process.exitCode = 1;
+    });
+
+  return program;
+}
+
+/** Parses and runs; returns the exit code. */
+export async function runCli(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (error) {
+    const e = error as { code?: string; exitCode?: number; message?: string };
+    if (e.code === "commander.helpDisplayed" || e.code === "commander.help" || e.code === "commander.version") return 0;
+    if (e.code?.startsWith("commander.")) return 2; // commander already printed the message
+    log(e.message ?? String(error));
+    return 1;
+  }
+}

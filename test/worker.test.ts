@@ -1,0 +1,72 @@
+// The worker: its schedule, and its tasks run through graphile-worker against the real database.
+import { afterAll, beforeAll, expect, test } from "@jest/globals";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { parseCrontab, quickAddJob, runOnce } from "graphile-worker";
+import { crontab, makeTasks } from "../src/worker/tasks.ts";
+import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+
+let db: TestDatabase;
+let dir: string;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  dir = await mkdtemp(path.join(os.tmpdir(), "cartop-worker-test-"));
+});
+afterAll(async () => {
+  await db?.drop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const config = () => ({ premakeMonths: 4, retentionMonths: 12, archiveDir: dir });
+
+/** Queues one job and lets graphile-worker run it (and anything else due) once. */
+async function runJob(task: string): Promise<void> {
+  await quickAddJob({ pgPool: db.pool }, task, {});
+  await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, config()), logger: undefined });
+}
+
+test("the schedule: partitions hourly, archiving daily, each with a job key so runs never pile up", () => {
+  const items = parseCrontab(crontab);
+  expect(items.map((item) => [item.task, item.options.jobKey, item.options.jobKeyMode])).toEqual([
+    ["audit__ensure_partitions", "audit__ensure_partitions", "replace"],
+    ["audit__archive_partitions", "audit__archive_partitions", "replace"],
+  ]);
+  // Minute 5 of every hour, and 03:15 every day (UTC).
+  const at = (iso: string) => {
+    const d = new Date(iso);
+    return { min: d.getUTCMinutes(), hour: d.getUTCHours(), date: d.getUTCDate(), month: d.getUTCMonth() + 1, dow: d.getUTCDay() };
+  };
+  expect(items[0]!.match(at("2026-11-27T10:05:00Z"))).toBe(true);
+  expect(items[0]!.match(at("2026-11-27T10:06:00Z"))).toBe(false);
+  expect(items[1]!.match(at("2026-11-27T03:15:00Z"))).toBe(true);
+  expect(items[1]!.match(at("2026-11-27T04:15:00Z"))).toBe(false);
+});
+
+test("audit__ensure_partitions keeps AUDIT_PREMAKE_MONTHS months ahead", async () => {
+  const { rows: before } = await db.pool.query(`select partition_name from audit.partitions where not is_default order by range_start`);
+  for (const { partition_name } of before) await db.pool.query(`drop table audit.${partition_name}`);
+  await runJob("audit__ensure_partitions");
+  const { rows } = await db.pool.query(`
+    select count(*)::int as n, min(range_start) = audit_private.month_start(audit_private.current_month()) as starts_now
+      from audit.partitions where not is_default`);
+  expect(rows[0]).toEqual({ n: 5, starts_now: true });
+});
+
+test("audit__archive_partitions archives every month older than the retention, and only those", async () => {
+  const { rows: [{ old, recent }] } = await db.pool.query(`
+    select to_char(audit_private.current_month() - interval '14 months', 'YYYY-MM-DD') as old,
+           to_char(audit_private.current_month() - interval '11 months', 'YYYY-MM-DD') as recent`);
+  for (const month of [old, recent]) {
+    await db.pool.query(`select audit.create_partition($1::date)`, [month]);
+    await db.pool.query(
+      `insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+       select $1::date + interval '1 day', 1, 1, 'I', g::text, '{}', 'owner' from generate_series(1, 100) g`, [month]);
+  }
+  await runJob("audit__archive_partitions");
+  const { rows } = await db.pool.query(`select to_char(month, 'YYYY-MM-DD') as month, status, rows from audit.archives`);
+  expect(rows).toEqual([{ month: old, status: "archived", rows: "100" }]);
+  expect((await db.pool.query(`select present from audit_private.partition_state($1::date)`, [recent])).rows[0].present).toBe(true);
+  expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`]);
+});
