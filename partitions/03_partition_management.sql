@@ -144,3 +144,37 @@ where i.inhparent = 'audit_private.log_entries'::regclass
 order by is_default, range_start;
 
 comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
+
+-- Rows waiting in the default partition, by month (exact counts). Should be empty; see the runbook.
+create or replace function audit.default_partition_months()
+  returns table (month date, rows bigint)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select date_trunc('month', created_at at time zone 'UTC')::date, count(*)
+  from audit.log_default
+  group by 1
+  order by 1
+$$;
+
+comment on function audit.default_partition_months() is 'Months that have rows in the default partition, with exact counts (monitoring: should return nothing)';
+
+-- Moves every row of the default partition into its monthly partition (created as needed); returns the
+-- partitions it created.
+create or replace function audit.drain_default_partition()
+  returns setof text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  waiting date;
+begin
+  for waiting in select month from audit.default_partition_months() loop
+    return next audit.create_partition(waiting);
+  end loop;
+end
+$$;
+
+comment on function audit.drain_default_partition() is 'Moves rows out of audit.log_default into monthly partitions, creating them';

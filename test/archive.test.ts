@@ -89,6 +89,8 @@ describe("archive and restore", () => {
     const { rows } = await db.pool.query(`select count(*)::int as n from audit.log where created_at >= '2024-01-01' and created_at < '2024-02-01'`);
     expect(rows[0].n).toBe(5000);
     expect(await archiveStatus(month)).toBe("restored");
+    // The restored partition is append-only like any other.
+    await expect(db.pool.query(`delete from audit.log_2024_01`)).rejects.toThrow(/append-only/);
 
     // A restored month can be archived again.
     expect(await archiveMonth(db.pool, month, { dir })).toMatchObject({ rows: 5000, status: "archived", sha256: fileHash });

@@ -105,6 +105,19 @@ describe("partitions", () => {
     expect(again.stderr).toContain("refusing to restore 2021-05: audit.log_2021_05 already holds 500 rows. Nothing was changed.");
   });
 
+  test("check-default exits 1 while rows wait in the default partition; drain-default moves them", async () => {
+    expect((await cli("partitions", "check-default")).code).toBe(0);
+    await db.pool.query(`insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+                         values ('2038-02-03', 1, 1, 'I', 'x', '{}', 'owner')`);
+    const check = await cli("partitions", "check-default", "--json");
+    expect(check.code).toBe(1);
+    expect(JSON.parse(check.stdout)).toEqual([{ month: "2038-02", rows: 1 }]);
+    const drain = await cli("partitions", "drain-default", "--json");
+    expect(drain.code).toBe(0);
+    expect(JSON.parse(drain.stdout)).toEqual([{ partition: "log_2038_02" }]);
+    expect((await cli("partitions", "check-default")).code).toBe(0);
+  });
+
   test("verify of a month without an archive fails with exit 1", async () => {
     const run = await cli("partitions", "verify", "1999-01", "--json");
     expect(run.code).toBe(1);

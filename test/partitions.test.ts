@@ -132,3 +132,23 @@ describe("where rows land", () => {
     );
   });
 });
+
+describe("the default partition", () => {
+  test("default_partition_months reports waiting rows; drain_default_partition moves them all", async () => {
+    await db.pool.query(`
+      insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+      values ('2039-01-05', 1, 1, 'I', 'a', '{}', 'test'), ('2039-01-20', 1, 1, 'I', 'b', '{}', 'test'),
+             ('2039-03-01', 1, 1, 'I', 'c', '{}', 'test')`);
+    const waiting = await db.pool.query(`select to_char(month, 'YYYY-MM') as month, rows::int from audit.default_partition_months()`);
+    expect(waiting.rows).toEqual([{ month: "2039-01", rows: 2 }, { month: "2039-03", rows: 1 }]);
+    const drained = await db.pool.query(`select * from audit.drain_default_partition() as name`);
+    expect(drained.rows.map((r) => r.name)).toEqual(["log_2039_01", "log_2039_03"]);
+    expect((await db.pool.query(`select * from audit.default_partition_months()`)).rows).toEqual([]);
+    const { rows } = await db.pool.query(
+      `select entity_id, tableoid::regclass::text as part from audit_private.log_entries where entity_id in ('a', 'b', 'c') order by 1`);
+    expect(rows).toEqual([
+      { entity_id: "a", part: "audit.log_2039_01" }, { entity_id: "b", part: "audit.log_2039_01" },
+      { entity_id: "c", part: "audit.log_2039_03" },
+    ]);
+  });
+});

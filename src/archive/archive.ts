@@ -249,18 +249,23 @@ export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<A
       throw new Error(`refusing to restore ${label}: its partition exists but is detached (an archive run was interrupted); ` +
         "run `cartop-audit partitions archive` to finish it first. Nothing was changed.");
     }
-    const partition = (await client.query("select audit.create_partition($1::date) as name", [month])).rows[0].name as string;
+    let partition: string;
     if (state.present) {
+      // A premade (attached) partition: it must be empty, and rows are copied straight into it.
+      partition = (await client.query("select audit_private.partition_name($1::date) as name", [month])).rows[0].name;
       const { rows } = await client.query(`select count(*)::bigint as n from audit.${client.escapeIdentifier(partition)}`);
       if (Number(rows[0].n) > 0) {
         throw new Error(`refusing to restore ${label}: audit.${partition} already holds ${rows[0].n} rows. Nothing was changed.`);
       }
+    } else {
+      partition = (await client.query("select audit_private.create_restore_table($1::date) as name", [month])).rows[0].name;
     }
     const counter = rowCounter((rows) => options.onRows?.(rows, manifest.rows));
     await pipeline(
       createReadStream(paths.data), createGunzip(), counter,
       client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${manifest.columns.join(", ")}) from stdin`)),
     );
+    if (!state.present) await client.query("select audit_private.attach_restore_table($1::date)", [month]);
     if (counter.rows !== manifest.rows) {
       throw new Error(`restore of ${label} read ${counter.rows} rows, the manifest says ${manifest.rows}. Nothing was changed.`);
     }

@@ -217,6 +217,31 @@ export function buildProgram(): Command {
     });
 
   partitions
+    .command("check-default")
+    .description("report rows waiting in the default partition (exit 1 if there are any)")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      const waiting = await withDatabase(async (pool) => {
+        const { rows } = await pool.query(
+          "select to_char(month, 'YYYY-MM') as month, rows::bigint as rows from audit.default_partition_months()");
+        printRows(rows.map((r) => ({ month: r.month, rows: Number(r.rows) })), options, "the default partition is empty");
+        return rows.length;
+      });
+      if (waiting) process.exitCode = 1;
+    });
+
+  partitions
+    .command("drain-default")
+    .description("move rows out of the default partition into monthly partitions (creating them)")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      await withDatabase(async (pool) => {
+        const { rows } = await pool.query("select * from audit.drain_default_partition() as partition");
+        printRows(rows, options, "the default partition was already empty");
+      });
+    });
+
+  partitions
     .command("archive")
     .description("archive (export, verify, detach, drop) months entirely older than N months before this one")
     .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
