@@ -6,12 +6,8 @@ import { parseArgs } from "node:util";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { randomBytes } from "node:crypto";
-import pg from "pg";
 import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
-import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embedded.ts";
-import { runMigrations } from "../src/db/migrate.ts";
-import { databaseUrl } from "../src/db/urls.ts";
+import { openScratchDatabase } from "./scratch.ts";
 
 const { values: args } = parseArgs({ options: { rows: { type: "string", default: "250000,1000000" } } });
 const sizes = args.rows.split(",").map(Number);
@@ -29,25 +25,11 @@ async function measured<T>(work: () => Promise<T>): Promise<{ ms: number; peakMb
   }
 }
 
-let server: EmbeddedServer | undefined;
-let serverUrl = process.env.DATABASE_URL;
-if (!serverUrl) {
-  server = await startEmbeddedPostgres({
-    dataDir: path.join(os.tmpdir(), `cartop-bench-archive-${randomBytes(4).toString("hex")}`), port: 55632, persistent: false,
-  });
-  serverUrl = server.url;
-}
-const dbName = `cartop_bench_archive_${randomBytes(4).toString("hex")}`;
-const admin = new pg.Client({ connectionString: serverUrl });
-await admin.connect();
-await admin.query(`create database ${dbName}`);
-const url = databaseUrl(serverUrl, dbName);
-const pool = new pg.Pool({ connectionString: url, max: 4 });
+const scratch = await openScratchDatabase("bench_archive", 55632);
+const pool = scratch.pool;
 const dir = await mkdtemp(path.join(os.tmpdir(), "cartop-bench-archive-files-"));
 try {
-  await runMigrations(url);
-  const version = (await pool.query("select current_setting('server_version') as v")).rows[0].v;
-  console.log(`PostgreSQL ${version}${server ? " (embedded)" : ""}; archive dir ${dir}`);
+  console.log(`${await scratch.describe()}; archive dir ${dir}`);
   const lines = [["rows", "archive", "archive rows/s", "restore", "restore rows/s", "peak RSS", "file"]];
   for (const [i, rows] of sizes.entries()) {
     const month = `2020-${String(i + 1).padStart(2, "0")}-01`;
@@ -79,9 +61,6 @@ try {
   const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
   for (const line of lines) console.log(line.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
 } finally {
-  await pool.end();
-  await admin.query(`drop database ${dbName} with (force)`);
-  await admin.end();
+  await scratch.close();
   await rm(dir, { recursive: true, force: true });
-  await server?.stop();
 }

@@ -7,16 +7,11 @@
 // Bulk numbers are medians of --repeat runs; OLTP numbers are medians of --rounds rounds of --seconds
 // seconds each, plain and audited alternating.
 import { parseArgs } from "node:util";
-import os from "node:os";
-import path from "node:path";
-import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
-import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embedded.ts";
-import { runMigrations } from "../src/db/migrate.ts";
-import { databaseUrl } from "../src/db/urls.ts";
+import { openScratchDatabase } from "./scratch.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -110,29 +105,10 @@ async function auditBytes(pool: pg.Pool): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  let server: EmbeddedServer | undefined;
-  let serverUrl = process.env.DATABASE_URL;
-  if (!serverUrl) {
-    server = await startEmbeddedPostgres({
-      dataDir: path.join(os.tmpdir(), `cartop-bench-pg-${randomBytes(4).toString("hex")}`),
-      port: 55532,
-      persistent: false,
-    });
-    serverUrl = server.url;
-  }
-  const dbName = `cartop_bench_${randomBytes(4).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`create database ${dbName}`);
-  const url = databaseUrl(serverUrl, dbName);
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  const scratch = await openScratchDatabase("bench", 55532);
+  const { pool, url } = scratch;
   try {
-    await runMigrations(url);
-    const { rows: [info] } = await pool.query(
-      `select current_setting('server_version') as version, current_setting('synchronous_commit') as sync,
-              current_setting('shared_buffers') as shared_buffers`);
-    console.log(`PostgreSQL ${info.version}${server ? " (embedded)" : ""}, synchronous_commit=${info.sync}, ` +
-      `shared_buffers=${info.shared_buffers}; ${ROWS} rows, ${REPEAT} repeats (median), ${CLIENTS} clients, ${ROUNDS} rounds x ${SECONDS}s`);
+    console.log(`${await scratch.describe()}; ${ROWS} rows, ${REPEAT} repeats (median), ${CLIENTS} clients, ${ROUNDS} rounds x ${SECONDS}s`);
     await pool.query(`
       create schema bench;
       create table bench.plain (${columns}) with (autovacuum_enabled = false);
@@ -224,10 +200,7 @@ async function main(): Promise<void> {
     const widths = rowsOut[0]!.map((_, i) => Math.max(...rowsOut.map((row) => row[i]!.length)));
     for (const row of rowsOut) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
   } finally {
-    await pool.end();
-    await admin.query(`drop database ${dbName} with (force)`);
-    await admin.end();
-    await server?.stop();
+    await scratch.close();
   }
 }
 

@@ -23,6 +23,16 @@ as $$
   select (date_trunc('month', month)::timestamp) at time zone 'UTC'
 $$;
 
+-- The first instant of the following month, in UTC: the exclusive upper bound of a month's partition.
+create or replace function audit_private.month_end(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month) + interval '1 month')::timestamp at time zone 'UTC'
+$$;
+
 -- The current month in UTC.
 create or replace function audit_private.current_month()
   returns date
@@ -45,7 +55,7 @@ as $$
 declare
   part_name text := audit_private.partition_name(month);
   range_from timestamptz := audit_private.month_start(month);
-  range_to timestamptz := audit_private.month_start((date_trunc('month', month) + interval '1 month')::date);
+  range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
     raise exception 'audit.create_partition: month must not be null';

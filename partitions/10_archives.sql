@@ -135,8 +135,7 @@ begin
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
-    part_name, audit_private.month_start(month),
-    audit_private.month_start((date_trunc('month', month) + interval '1 month')::date));
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
   return part_name;
 end
 $$;
@@ -151,8 +150,7 @@ declare
   part_name text := audit_private.partition_name(month);
 begin
   execute format('alter table audit_private.log_entries attach partition audit.%I for values from (%L) to (%L)',
-    part_name, audit_private.month_start(month),
-    audit_private.month_start((date_trunc('month', month) + interval '1 month')::date));
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
   execute format('alter table audit.%I drop constraint restore_range', part_name);
   perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
 end

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { parseCrontab, quickAddJob, runOnce } from "graphile-worker";
+import { Logger, parseCrontab, quickAddJob, runOnce } from "graphile-worker";
 import { crontab, makeTasks } from "../src/worker/tasks.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -24,7 +24,7 @@ const config = () => ({ premakeMonths: 4, retentionMonths: 12, archiveDir: dir }
 /** Queues one job and lets graphile-worker run it (and anything else due) once. */
 async function runJob(task: string): Promise<void> {
   await quickAddJob({ pgPool: db.pool }, task, {});
-  await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, config()), logger: undefined });
+  await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, config()), logger: new Logger(() => () => {}) });
 }
 
 test("the schedule: partitions hourly, archiving daily, each with a job key so runs never pile up", () => {

@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:4d3a6031308125f0374cf88e3bfb1fb688b8e7dc
+--! Hash: sha1:3e3d4aadaecafe1ef7da3f09bc0c1944e42f99cc
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -119,6 +119,16 @@ as $$
   select (date_trunc('month', month)::timestamp) at time zone 'UTC'
 $$;
 
+-- The first instant of the following month, in UTC: the exclusive upper bound of a month's partition.
+create or replace function audit_private.month_end(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month) + interval '1 month')::timestamp at time zone 'UTC'
+$$;
+
 -- The current month in UTC.
 create or replace function audit_private.current_month()
   returns date
@@ -141,7 +151,7 @@ as $$
 declare
   part_name text := audit_private.partition_name(month);
   range_from timestamptz := audit_private.month_start(month);
-  range_to timestamptz := audit_private.month_start((date_trunc('month', month) + interval '1 month')::date);
+  range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
     raise exception 'audit.create_partition: month must not be null';
@@ -1197,8 +1207,7 @@ begin
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
-    part_name, audit_private.month_start(month),
-    audit_private.month_start((date_trunc('month', month) + interval '1 month')::date));
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
   return part_name;
 end
 $$;
@@ -1213,8 +1222,7 @@ declare
   part_name text := audit_private.partition_name(month);
 begin
   execute format('alter table audit_private.log_entries attach partition audit.%I for values from (%L) to (%L)',
-    part_name, audit_private.month_start(month),
-    audit_private.month_start((date_trunc('month', month) + interval '1 month')::date));
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
   execute format('alter table audit.%I drop constraint restore_range', part_name);
   perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
 end

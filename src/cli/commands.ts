@@ -86,17 +86,23 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
 
+  /** Opens the database for a long-running command; it is stopped at shutdown. */
+  const boot = async (onShutdown: (action: () => Promise<void>) => void, migrate: boolean) => {
+    const config = readConfig();
+    const database = await openDatabase(config, log);
+    onShutdown(() => database.stop());
+    if (migrate) await runMigrations(database.url, { log });
+    const worker = await startWorker(database.url, config, log);
+    onShutdown(() => worker.stop());
+    return database;
+  };
+
   program
     .command("start")
     .description("migrate, then run the worker (and, with issue #3, the API) until Ctrl-C")
     .action(async () => {
       await runUntilSignalled(async (onShutdown) => {
-        const config = readConfig();
-        const database = await openDatabase(config, log);
-        onShutdown(() => database.stop());
-        await runMigrations(database.url, { log });
-        const worker = await startWorker(database.url, config, log);
-        onShutdown(() => worker.stop());
+        const database = await boot(onShutdown, true);
         log(`database ready; connect with: ${psqlHint(database)}`);
         log("the example schema is app (app.users, app.products); the audit trail is audit.log");
         log("worker running (partitions hourly, archive daily); press Ctrl-C to stop");
@@ -107,14 +113,10 @@ export function buildProgram(): Command {
     .command("migrate")
     .description("apply committed migrations, then exit")
     .action(async () => {
-      const config = readConfig();
-      const database = await openDatabase(config, log);
-      try {
+      await withDatabase(async (_pool, _config, database) => {
         await runMigrations(database.url, { log });
         log("database is up to date");
-      } finally {
-        await database.stop();
-      }
+      });
     });
 
   program
@@ -122,11 +124,7 @@ export function buildProgram(): Command {
     .description("run the graphile-worker process only (partition upkeep and archiving) until Ctrl-C")
     .action(async () => {
       await runUntilSignalled(async (onShutdown) => {
-        const config = readConfig();
-        const database = await openDatabase(config, log);
-        onShutdown(() => database.stop());
-        const worker = await startWorker(database.url, config, log);
-        onShutdown(() => worker.stop());
+        await boot(onShutdown, false);
         log("worker running; press Ctrl-C to stop");
       });
     });
