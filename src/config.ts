@@ -5,6 +5,8 @@ import path from "node:path";
 export interface Config {
   /** Unset: an embedded PostgreSQL under `.data/` is started and used. */
   databaseUrl: string | undefined;
+  /** The API's query connection (as cartop_authenticator); unset: the DATABASE_URL connection, switching role per request. */
+  authenticatorUrl: string | undefined;
   port: number;
   jwtSecret: string | undefined;
   trustProxy: boolean;
@@ -41,6 +43,7 @@ export function loadDotEnv(cwd = process.cwd()): void {
 export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     databaseUrl: env.DATABASE_URL || undefined,
+    authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
     port: integer(env, "PORT", 3000, 1),
     jwtSecret: env.JWT_SECRET || undefined,
     trustProxy: flag(env, "TRUST_PROXY"),

@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:3e3d4aadaecafe1ef7da3f09bc0c1944e42f99cc
+--! Hash: sha1:f98a65335862065c706e012962fc7326d2e693b8
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1002,73 +1002,6 @@ create policy user_reads_own on audit_private.log_entries
 -- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
 select audit.ensure_partitions(3);
 
--- source: example/09_app.sql
--- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
--- Both tables are tracked; users.password_hash is excluded from the audit trail.
-
-create extension if not exists pgcrypto;
-create schema if not exists app;
-grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor;
-
-create table if not exists app.users (
-  id            uuid        primary key default gen_random_uuid(),
-  email         text        not null,
-  first_name    text        not null default '',
-  last_name     text        not null default '',
-  password_hash text,
-  created_at    timestamptz not null default now(),
-  updated_at    timestamptz not null default now(),
-  constraint users_email_valid check (email ~ '^[^@\s]+@[^@\s]+$')
-);
-create unique index if not exists users_email_unique on app.users (lower(email));
-comment on table app.users is 'Example application users';
-comment on column app.users.password_hash is 'bcrypt hash (pgcrypto crypt/gen_salt); never audited';
-
-create table if not exists app.products (
-  id         bigint        generated always as identity primary key,
-  name       text          not null,
-  price      numeric(12,2) not null check (price >= 0),
-  stock      integer       not null default 0 check (stock >= 0),
-  attributes jsonb         not null default '{}',
-  created_at timestamptz   not null default now(),
-  updated_at timestamptz   not null default now()
-);
-comment on table app.products is 'Example product catalogue';
-
--- Hashes a password the way app.users stores it (bcrypt via pgcrypto).
-create or replace function app.hash_password(password text)
-  returns text
-  language sql
-  volatile
-  set search_path = pg_catalog, public, pg_temp
-as $$
-  select crypt(password, gen_salt('bf', 8))
-$$;
-
-create or replace function app.tg__touch_updated_at()
-  returns trigger
-  language plpgsql
-  set search_path = pg_catalog, pg_temp
-as $$
-begin
-  new.updated_at := now();
-  return new;
-end
-$$;
-
-drop trigger if exists _100_touch_updated_at on app.users;
-create trigger _100_touch_updated_at before update on app.users
-  for each row execute function app.tg__touch_updated_at();
-drop trigger if exists _100_touch_updated_at on app.products;
-create trigger _100_touch_updated_at before update on app.products
-  for each row execute function app.tg__touch_updated_at();
-
-grant select, insert, update, delete on app.users, app.products to cartop_user;
-grant select on app.products to cartop_anonymous;
-
-select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
-select audit.enable_tracking('app.products');
-
 -- source: partitions/10_archives.sql
 -- Archiving old months: a recorded state machine per month, driven by the worker or the CLI
 -- (src/archive/). The database side: the manifest table and the helpers that touch partitions.
@@ -1227,3 +1160,141 @@ begin
   perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
 end
 $$;
+
+-- source: reporting/11_history.sql
+-- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
+-- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
+-- row-level security applies (a user sees only their own rows).
+
+-- entity_name is a table name (`products`) or schema-qualified (`app.products`).
+create or replace function audit.entity_history(entity_name text, entity_id text)
+  returns setof audit.log
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select l.*
+  from audit.log l
+  where l.entity_id = entity_history.entity_id
+    and (l.entity_name = entity_history.entity_name
+         or l.entity_schema || '.' || l.entity_name = entity_history.entity_name)
+  order by l.id desc
+$$;
+
+comment on function audit.entity_history(text, text) is 'Audit rows of one entity (table name or schema.table, and primary key as text), newest first';
+
+create or replace function audit.user_activity(user_id text, since timestamptz default null, until timestamptz default null)
+  returns setof audit.log
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select l.*
+  from audit.log l
+  where l.user_id = user_activity.user_id
+    and (since is null or l.created_at >= since)
+    and (until is null or l.created_at < until)
+  order by l.id desc
+$$;
+
+comment on function audit.user_activity(text, timestamptz, timestamptz) is 'Audit rows written with the given audit.user_id, newest first, optionally within [since, until)';
+
+grant execute on function audit.entity_history(text, text), audit.user_activity(text, timestamptz, timestamptz)
+  to cartop_user, cartop_auditor;
+
+-- source: example/20_app.sql
+-- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
+-- Both tables are tracked; users.password_hash is excluded from the audit trail.
+
+create extension if not exists pgcrypto;
+create schema if not exists app;
+grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor;
+
+create table if not exists app.users (
+  id            uuid        primary key default gen_random_uuid(),
+  email         text        not null,
+  first_name    text        not null default '',
+  last_name     text        not null default '',
+  password_hash text,
+  created_at    timestamptz not null default now(),
+  updated_at    timestamptz not null default now(),
+  constraint users_email_valid check (email ~ '^[^@\s]+@[^@\s]+$')
+);
+create unique index if not exists users_email_unique on app.users (lower(email));
+comment on table app.users is 'Example application users';
+comment on column app.users.password_hash is 'bcrypt hash (pgcrypto crypt/gen_salt); never audited';
+
+create table if not exists app.products (
+  id         bigint        generated always as identity primary key,
+  name       text          not null,
+  price      numeric(12,2) not null check (price >= 0),
+  stock      integer       not null default 0 check (stock >= 0),
+  attributes jsonb         not null default '{}',
+  created_at timestamptz   not null default now(),
+  updated_at timestamptz   not null default now()
+);
+comment on table app.products is 'Example product catalogue';
+
+-- Hashes a password the way app.users stores it (bcrypt via pgcrypto).
+create or replace function app.hash_password(password text)
+  returns text
+  language sql
+  volatile
+  set search_path = pg_catalog, public, pg_temp
+as $$
+  select crypt(password, gen_salt('bf', 8))
+$$;
+
+create or replace function app.tg__touch_updated_at()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+
+drop trigger if exists _100_touch_updated_at on app.users;
+create trigger _100_touch_updated_at before update on app.users
+  for each row execute function app.tg__touch_updated_at();
+drop trigger if exists _100_touch_updated_at on app.products;
+create trigger _100_touch_updated_at before update on app.products
+  for each row execute function app.tg__touch_updated_at();
+
+grant select, insert, update, delete on app.users, app.products to cartop_user;
+grant select on app.products to cartop_anonymous;
+
+select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
+select audit.enable_tracking('app.products');
+
+-- The API's user mutations: the password arrives in clear over TLS, is hashed here, and neither it nor
+-- the hash is ever returned or audited (password_hash is excluded from tracking and hidden from GraphQL).
+create or replace function app.create_user(email text, first_name text default '', last_name text default '', password text default null)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  insert into app.users (email, first_name, last_name, password_hash)
+  values (email, coalesce(first_name, ''), coalesce(last_name, ''), case when password is not null then app.hash_password(password) end)
+  returning *
+$$;
+
+comment on function app.create_user(text, text, text, text) is 'Creates a user; the password is stored only as a bcrypt hash';
+
+create or replace function app.set_user_password(user_id uuid, password text)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  update app.users set password_hash = app.hash_password(password) where id = user_id returning *
+$$;
+
+comment on function app.set_user_password(uuid, text) is 'Replaces a user''s password (stored only as a bcrypt hash)';
+
+revoke all on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) from public;
+grant execute on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) to cartop_user;
+grant usage on all sequences in schema app to cartop_user;

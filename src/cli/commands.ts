@@ -7,6 +7,7 @@ import { parseMonth } from "../archive/files.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { startServer } from "../http/app.ts";
 import { startWorker } from "../worker/worker.ts";
 import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
 
@@ -86,26 +87,52 @@ export function buildProgram(): Command {
     .showHelpAfterError()
     .exitOverride();
 
-  /** Opens the database for a long-running command; it is stopped at shutdown. */
-  const boot = async (onShutdown: (action: () => Promise<void>) => void, migrate: boolean) => {
+  /** Opens the database for a long-running command, then the parts asked for; all stop at shutdown. */
+  const boot = async (
+    onShutdown: (action: () => Promise<void>) => void,
+    parts: { migrate?: boolean; worker?: boolean; api?: boolean },
+  ) => {
     const config = readConfig();
     const database = await openDatabase(config, log);
     onShutdown(() => database.stop());
-    if (migrate) await runMigrations(database.url, { log });
-    const worker = await startWorker(database.url, config, log);
-    onShutdown(() => worker.stop());
+    if (parts.migrate) await runMigrations(database.url, { log });
+    if (parts.worker) {
+      const worker = await startWorker(database.url, config, log);
+      onShutdown(() => worker.stop());
+      log("worker running (partitions hourly, archive daily)");
+    }
+    if (parts.api) {
+      if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
+      const api = await startServer({
+        databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
+        production: process.env.NODE_ENV === "production",
+      });
+      onShutdown(() => api.close());
+      const base = `http://localhost:${new URL(api.url).port}`;
+      log(`GraphQL API: ${base}/graphql   GraphiQL: ${base}/graphiql   health: ${base}/healthz`);
+    }
     return database;
   };
 
   program
     .command("start")
-    .description("migrate, then run the worker (and, with issue #3, the API) until Ctrl-C")
+    .description("the whole system: migrate, then run the worker and the GraphQL API until Ctrl-C")
     .action(async () => {
       await runUntilSignalled(async (onShutdown) => {
-        const database = await boot(onShutdown, true);
+        const database = await boot(onShutdown, { migrate: true, worker: true, api: true });
         log(`database ready; connect with: ${psqlHint(database)}`);
         log("the example schema is app (app.users, app.products); the audit trail is audit.log");
-        log("worker running (partitions hourly, archive daily); press Ctrl-C to stop");
+        log("press Ctrl-C to stop");
+      });
+    });
+
+  program
+    .command("serve")
+    .description("run the GraphQL API only until Ctrl-C")
+    .action(async () => {
+      await runUntilSignalled(async (onShutdown) => {
+        await boot(onShutdown, { api: true });
+        log("press Ctrl-C to stop");
       });
     });
 
@@ -124,8 +151,8 @@ export function buildProgram(): Command {
     .description("run the graphile-worker process only (partition upkeep and archiving) until Ctrl-C")
     .action(async () => {
       await runUntilSignalled(async (onShutdown) => {
-        await boot(onShutdown, false);
-        log("worker running; press Ctrl-C to stop");
+        await boot(onShutdown, { worker: true });
+        log("press Ctrl-C to stop");
       });
     });
 

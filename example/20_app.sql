@@ -63,3 +63,33 @@ grant select on app.products to cartop_anonymous;
 
 select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
 select audit.enable_tracking('app.products');
+
+-- The API's user mutations: the password arrives in clear over TLS, is hashed here, and neither it nor
+-- the hash is ever returned or audited (password_hash is excluded from tracking and hidden from GraphQL).
+create or replace function app.create_user(email text, first_name text default '', last_name text default '', password text default null)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  insert into app.users (email, first_name, last_name, password_hash)
+  values (email, coalesce(first_name, ''), coalesce(last_name, ''), case when password is not null then app.hash_password(password) end)
+  returning *
+$$;
+
+comment on function app.create_user(text, text, text, text) is 'Creates a user; the password is stored only as a bcrypt hash';
+
+create or replace function app.set_user_password(user_id uuid, password text)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  update app.users set password_hash = app.hash_password(password) where id = user_id returning *
+$$;
+
+comment on function app.set_user_password(uuid, text) is 'Replaces a user''s password (stored only as a bcrypt hash)';
+
+revoke all on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) from public;
+grant execute on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) to cartop_user;
+grant usage on all sequences in schema app to cartop_user;

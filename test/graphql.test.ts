@@ -1,0 +1,273 @@
+// The GraphQL API over real HTTP against a real server: request context reaches the audit rows, access
+// control, queries over the trail, and the limits.
+import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import jwt from "jsonwebtoken";
+import { projectRoot } from "../src/db/sourceSql.ts";
+import { printedSchema } from "../src/graphql/printSchema.ts";
+import { startServer, type RunningServer } from "../src/http/app.ts";
+import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+
+const SECRET = "test-secret-0123456789-0123456789-abcdef";
+let db: TestDatabase;
+let api: RunningServer; // TRUST_PROXY on
+let direct: RunningServer; // TRUST_PROXY off
+
+const config = (overrides: Partial<{ trustProxy: boolean; rateLimitPerMinute: number }> = {}) => ({
+  port: 0, jwtSecret: SECRET, trustProxy: true, rateLimitPerMinute: 10_000, ...overrides,
+});
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  api = await startServer({ databaseUrl: db.url, config: config() });
+  direct = await startServer({ databaseUrl: db.url, config: config({ trustProxy: false }) });
+});
+afterAll(async () => {
+  await api?.close();
+  await direct?.close();
+  await db?.drop();
+});
+
+function token(claims: Record<string, unknown>, options: jwt.SignOptions = {}, secret = SECRET): string {
+  return jwt.sign(claims, secret, { algorithm: "HS256", expiresIn: "5m", ...options });
+}
+
+interface GqlResponse {
+  status: number;
+  headers: Headers;
+  body: { data?: Record<string, any>; errors?: { message: string }[] };
+}
+
+async function gql(server: RunningServer, query: string, variables: Record<string, unknown> = {},
+  options: { token?: string; headers?: Record<string, string> } = {}): Promise<GqlResponse> {
+  const response = await fetch(`${server.url}/graphql`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json", accept: "application/json",
+      ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+      ...options.headers,
+    },
+    body: JSON.stringify({ query, variables }),
+  });
+  return { status: response.status, headers: response.headers, body: await response.json() as GqlResponse["body"] };
+}
+
+const alice = () => token({ sub: "alice-id", email: "alice@example.com", role: "user" });
+const bob = () => token({ sub: "bob-id", email: "bob@example.com", role: "user" });
+const auditor = () => token({ sub: "auditor-id", email: "audit@example.com", role: "auditor" });
+
+describe("request context reaches the audit trail", () => {
+  test("createUser, updateUser and deleteUser are attributed to the caller exactly", async () => {
+    const headers = { "x-forwarded-for": "203.0.113.77, 10.0.0.1", "user-agent": "cartop-tests/1.0", "x-request-id": "req-context-1" };
+    const created = await gql(api, `mutation($input: CreateUserInput!) { createUser(input: $input) { result { id rowId email firstName } } }`,
+      { input: { email: "ada@example.com", firstName: "Ada", lastName: "Lovelace", password: "correct horse battery" } },
+      { token: alice(), headers });
+    expect(created.status).toBe(200);
+    expect(created.headers.get("x-request-id")).toBe("req-context-1");
+    const user = created.body.data!.createUser.result;
+    expect(user).toMatchObject({ email: "ada@example.com", firstName: "Ada" });
+
+    const updated = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "King" } }) { user { lastName } } }`,
+      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-2" } });
+    expect(updated.body).toEqual({ data: { updateUserById: { user: { lastName: "King" } } } });
+    const deleted = await gql(api, `mutation($id: ID!) { deleteUserById(input: { id: $id }) { deletedUserId } }`,
+      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-3" } });
+    expect(deleted.status).toBe(200);
+    expect(deleted.body.errors).toBeUndefined();
+
+    const { rows } = await db.pool.query(
+      `select action, user_id, user_email, host(ip_address) as ip, user_agent, request_id, db_user
+         from audit.log where entity_name = 'users' and entity_id = $1 order by id`, [user.rowId]);
+    const who = { user_id: "alice-id", user_email: "alice@example.com", ip: "203.0.113.77", user_agent: "cartop-tests/1.0", db_user: "cartop_user" };
+    expect(rows).toEqual([
+      { action: "INSERT", request_id: "req-context-1", ...who },
+      { action: "UPDATE", request_id: "req-context-2", ...who },
+      { action: "DELETE", request_id: "req-context-3", ...who },
+    ]);
+  });
+
+  test("without TRUST_PROXY, X-Forwarded-For is ignored and a request id is generated and echoed", async () => {
+    const created = await gql(direct, `mutation { createProduct(input: { product: { name: "direct", price: "1.00" } }) { product { rowId } } }`,
+      {}, { token: bob(), headers: { "x-forwarded-for": "198.51.100.1" } });
+    expect(created.body.errors).toBeUndefined();
+    const requestId = created.headers.get("x-request-id")!;
+    expect(requestId).toMatch(/^[0-9a-f-]{36}$/);
+    const { rows } = await db.pool.query(
+      `select host(ip_address) as ip, request_id, user_id from audit.log where entity_name = 'products' and entity_id = $1`,
+      [String(created.body.data!.createProduct.product.rowId)]);
+    expect(rows).toEqual([{ ip: "127.0.0.1", request_id: requestId, user_id: "bob-id" }]);
+  });
+
+  test("concurrent requests from different users never swap contexts", async () => {
+    const users = ["u1", "u2", "u3", "u4"];
+    const results = await Promise.all(Array.from({ length: 48 }, (_, i) => {
+      const sub = users[i % users.length]!;
+      return gql(api, `mutation($name: String!) { createProduct(input: { product: { name: $name, price: "2.50" } }) { product { rowId } } }`,
+        { name: `from ${sub} #${i}` }, { token: token({ sub, role: "user" }), headers: { "x-request-id": `parallel-${i}` } });
+    }));
+    expect(results.every((r) => r.status === 200 && !r.body.errors)).toBe(true);
+    const { rows } = await db.pool.query(`
+      select count(*)::int as n,
+             count(*) filter (where new_value->>'name' = 'from ' || user_id || ' #' || split_part(request_id, '-', 2))::int as matching
+        from audit.log where entity_name = 'products' and request_id like 'parallel-%'`);
+    expect(rows[0]).toEqual({ n: 48, matching: 48 });
+  });
+});
+
+describe("reading the trail", () => {
+  let productId: string;
+  beforeAll(async () => {
+    const created = await gql(api, `mutation { createProduct(input: { product: { name: "history", price: "10.00", stock: 1 } }) { product { id rowId } } }`,
+      {}, { token: alice() });
+    productId = String(created.body.data!.createProduct.product.rowId);
+    for (const stock of [2, 3]) {
+      await gql(api, `mutation($id: ID!, $stock: Int!) { updateProductById(input: { id: $id, patch: { stock: $stock } }) { product { stock } } }`,
+        { id: created.body.data!.createProduct.product.id, stock }, { token: alice() });
+    }
+  });
+
+  test("entityHistory returns one entity's rows newest first, agreeing with SQL", async () => {
+    const result = await gql(api, `query($id: String!) { entityHistory(entityName: "products", entityId: $id) {
+        nodes { rowId action changes userId } } }`, { id: productId }, { token: auditor() });
+    const nodes = result.body.data!.entityHistory.nodes;
+    expect(nodes.map((n: { action: string; changes: unknown }) => [n.action, n.changes])).toEqual([
+      ["UPDATE", { stock: { old: 2, new: 3 }, updated_at: expect.any(Object) }],
+      ["UPDATE", { stock: { old: 1, new: 2 }, updated_at: expect.any(Object) }],
+      ["INSERT", null],
+    ]);
+    const { rows } = await db.pool.query(`select id::text from audit.log where entity_name = 'products' and entity_id = $1 order by id desc`, [productId]);
+    expect(nodes.map((n: { rowId: string }) => n.rowId)).toEqual(rows.map((r) => r.id));
+  });
+
+  test("userActivity and a filtered, paginated auditLogs agree with SQL", async () => {
+    const activity = await gql(api, `{ userActivity(userId: "alice-id") { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
+    const { rows: [{ n }] } = await db.pool.query(`select count(*)::int as n from audit.log where user_id = 'alice-id'`);
+    expect(activity.body.data!.userActivity.totalCount).toBe(n);
+
+    const page = (after?: string) => gql(api, `query($after: Cursor) {
+        auditLogs(first: 2, after: $after, orderBy: ROW_ID_ASC,
+                  filter: { entityName: { equalTo: "products" }, action: { equalTo: "UPDATE" }, userId: { equalTo: "alice-id" } }) {
+          totalCount pageInfo { hasNextPage endCursor } nodes { rowId entityId } } }`, { after }, { token: auditor() });
+    const first = (await page()).body.data!.auditLogs;
+    const second = (await page(first.pageInfo.endCursor)).body.data!.auditLogs;
+    const { rows } = await db.pool.query(
+      `select id::text as "rowId", entity_id as "entityId" from audit.log
+        where entity_name = 'products' and action = 'UPDATE' and user_id = 'alice-id' order by id`);
+    expect(first.totalCount).toBe(rows.length);
+    expect([...first.nodes, ...second.nodes]).toEqual(rows.slice(0, 4));
+    expect(first.pageInfo.hasNextPage).toBe(rows.length > 2);
+  });
+
+  test("aggregates and groupedAggregates: changes per day per action", async () => {
+    const result = await gql(api, `{ auditLogs(filter: { entityName: { equalTo: "products" } }) {
+        aggregates { distinctCount { entityId } }
+        groupedAggregates(groupBy: [CREATED_AT_TRUNCATED_TO_DAY, ACTION]) { keys distinctCount { rowId } } } }`, {}, { token: auditor() });
+    expect(result.body.errors).toBeUndefined();
+    const { rows } = await db.pool.query(`
+      select date_trunc('day', created_at) as day, action, count(*)::text as n, (select count(distinct entity_id)::text from audit.log where entity_name = 'products') as entities
+        from audit.log where entity_name = 'products' group by 1, 2`);
+    const grouped = result.body.data!.auditLogs.groupedAggregates as { keys: string[]; distinctCount: { rowId: string } }[];
+    expect(grouped.map((g) => [g.keys[1], g.distinctCount.rowId]).sort()).toEqual(rows.map((r) => [r.action, r.n]).sort());
+    expect(result.body.data!.auditLogs.aggregates.distinctCount.entityId).toBe(rows[0].entities);
+  });
+});
+
+describe("who may see what", () => {
+  test("anonymous cannot read the trail; a user sees only their own rows; an auditor sees all", async () => {
+    const anonymous = await gql(api, `{ auditLogs { totalCount } }`);
+    expect(anonymous.body.errors?.[0]?.message).toBe("permission denied for view log");
+    const own = await gql(api, `{ auditLogs { totalCount nodes { userId } } }`, {}, { token: bob() });
+    const ids = new Set(own.body.data!.auditLogs.nodes.map((n: { userId: string }) => n.userId));
+    expect([...ids]).toEqual(["bob-id"]);
+    const all = await gql(api, `{ auditLogs { totalCount } }`, {}, { token: auditor() });
+    const { rows: [{ n }] } = await db.pool.query(`select count(*)::int as n from audit.log`);
+    expect(all.body.data!.auditLogs.totalCount).toBe(n);
+  });
+
+  test("nobody mutates audit rows through GraphQL: there is no such mutation", async () => {
+    const result = await gql(api, `mutation { deleteAuditLog(input: { rowId: "1" }) { clientMutationId } }`, {}, { token: auditor() });
+    expect(result.status).toBe(200);
+    expect(result.body.errors?.[0]?.message).toMatch(/Cannot query field "deleteAuditLog" on type "Mutation"/);
+  });
+
+  test("no password or password hash is ever in an audit row or a response", async () => {
+    const created = await gql(api, `mutation { createUser(input: { email: "secret@example.com", password: "hunter2-Very-Secret" }) {
+        result { rowId email } } }`, {}, { token: alice() });
+    const userId = created.body.data!.createUser.result.rowId;
+    await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "another-Secret-9" }) { result { rowId } } }`,
+      { id: userId }, { token: alice() });
+    const { rows: [stored] } = await db.pool.query(`select password_hash from app.users where id = $1`, [userId]);
+    expect(stored.password_hash).toMatch(/^\$2[aby]\$08\$/);
+    const { rows: [leaks] } = await db.pool.query(
+      `select count(*)::int as n from audit_private.log_entries e where e::text like any (array['%hunter2%', '%another-Secret%', '%$2a$%', '%$2b$%', '%password%'])`);
+    expect(leaks.n).toBe(0);
+    const asked = await gql(api, `{ users { nodes { passwordHash } } }`, {}, { token: auditor() });
+    expect(asked.body.errors?.[0]?.message).toMatch(/^Cannot query field "passwordHash" on type "User"/);
+    expect(JSON.stringify(asked.body)).not.toContain(stored.password_hash);
+    const listed = await gql(api, `{ users { nodes { email } } }`, {}, { token: alice() });
+    expect(JSON.stringify(listed.body)).not.toMatch(/hunter2|\$2[aby]\$/);
+  });
+});
+
+describe("bad input is a clear 4xx", () => {
+  test.each([
+    ["a forged signature", () => token({ sub: "x", role: "auditor" }, {}, "not-the-secret-0123456789-0123456789"), /^invalid token: invalid signature$/],
+    ["an expired token", () => token({ sub: "x", role: "user" }, { expiresIn: -10 }), /^invalid token: jwt expired$/],
+    ["a malformed token", () => "not.a.jwt", /^invalid token: /],
+    ["an unknown role", () => token({ sub: "x", role: "admin" }), /^invalid token: unknown role "admin"$/],
+  ])("%s is a 401", async (_name, make, message) => {
+    const result = await gql(api, `{ products { totalCount } }`, {}, { token: make() });
+    expect(result.status).toBe(401);
+    expect(result.headers.get("www-authenticate")).toBe('Bearer realm="cartop-audit"');
+    expect(result.body.errors?.[0]?.message).toMatch(message);
+  });
+
+  test("malformed GraphQL is a 400 that says where", async () => {
+    const result = await gql(api, `{ products { nodes { id }`);
+    expect(result.status).toBe(400);
+    expect(result.body.errors?.[0]?.message).toMatch(/^malformed GraphQL: Syntax Error: Expected Name, found <EOF>\.$/);
+  });
+
+  test("an over-deep query is refused", async () => {
+    const deep = `{ query { query { query { query { query { query { query { query { query { query { query { query { products { totalCount } } } } } } } } } } } } } }`;
+    const result = await gql(api, deep);
+    expect(result.status).toBe(400);
+    expect(result.body.errors?.[0]?.message).toBe("query is too deep: depth 14, at most 12");
+  });
+
+  test("an oversized document is a 413", async () => {
+    const result = await gql(api, `{ products { totalCount } } # ${"x".repeat(120_000)}`);
+    expect(result.status).toBe(413);
+  });
+
+  test("the rate limit answers 429 with Retry-After, then recovers", async () => {
+    const limited = await startServer({ databaseUrl: db.url, config: config({ rateLimitPerMinute: 3 }), rateLimitWindowMs: 1500 });
+    try {
+      const statuses = [];
+      let retryAfter: string | null = null;
+      for (let i = 0; i < 5; i++) {
+        const r = await gql(limited, `{ products { totalCount } }`);
+        statuses.push(r.status);
+        if (r.status === 429) retryAfter = r.headers.get("retry-after");
+      }
+      expect(statuses).toEqual([200, 200, 200, 429, 429]);
+      expect(Number(retryAfter)).toBeGreaterThanOrEqual(1);
+      await new Promise((resolve) => setTimeout(resolve, 1600));
+      expect((await gql(limited, `{ products { totalCount } }`)).status).toBe(200);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  test("GET /healthz checks the database", async () => {
+    const response = await fetch(`${api.url}/healthz`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ status: "ok" });
+  });
+});
+
+test("schema.graphql is the schema the server builds (run npm run schema:print after an intended change)", async () => {
+  const committed = await readFile(path.join(projectRoot, "schema.graphql"), "utf8");
+  expect(await printedSchema(db.url)).toBe(committed);
+});
