@@ -210,6 +210,29 @@ describe("who may see what", () => {
   });
 });
 
+test("connected as cartop_authenticator, the API acts as the role each token selects", async () => {
+  await db.pool.query(`alter role cartop_authenticator password 'authenticator-test-password'`);
+  const url = new URL(db.url);
+  url.username = "cartop_authenticator";
+  url.password = "authenticator-test-password";
+  const production = await startServer({ databaseUrl: db.url, authenticatorUrl: url.toString(), config: config(), production: true });
+  try {
+    const created = await gql(production, `mutation { createProduct(input: { product: { name: "via authenticator", price: "3.00" } }) {
+        product { rowId } } }`, {}, { token: bob() });
+    expect(created.body.errors).toBeUndefined();
+    const { rows } = await db.pool.query(`select db_user, user_id from audit.log where entity_name = 'products' and entity_id = $1`,
+      [String(created.body.data!.createProduct.product.rowId)]);
+    expect(rows).toEqual([{ db_user: "cartop_user", user_id: "bob-id" }]);
+    const anonymous = await gql(production, `{ auditLogs { totalCount } }`);
+    expect(anonymous.body.errors?.[0]?.message).toBe("permission denied for view log");
+    const { rows: [session] } = await db.pool.query(
+      `select count(*)::int as n from pg_stat_activity where usename = 'cartop_authenticator' and datname = current_database()`);
+    expect(session.n).toBeGreaterThan(0);
+  } finally {
+    await production.close();
+  }
+});
+
 describe("bad input is a clear 4xx", () => {
   test.each([
     ["a forged signature", () => token({ sub: "x", role: "auditor" }, {}, "not-the-secret-0123456789-0123456789"), /^invalid token: invalid signature$/],

@@ -3,6 +3,7 @@
 import { randomUUID } from "node:crypto";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { GraphQLError } from "graphql";
+import type pg from "pg";
 import { PgSimplifyInflectionPreset } from "@graphile/simplify-inflection";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
@@ -13,6 +14,9 @@ import { smartTagsPlugin } from "./smartTags.ts";
 export interface PresetOptions {
   /** Connection the API runs queries on (cartop_authenticator in production). */
   connectionString: string;
+  /** Pools for the two connections, owned (and ended) by the caller. */
+  pool?: pg.Pool;
+  superuserPool?: pg.Pool;
   /** Owner connection, for introspection and watch fixtures. */
   superuserConnectionString?: string;
   /** Hide internals of errors (production). */
@@ -62,6 +66,8 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
     pgServices: [
       makePgService({
         connectionString: options.connectionString,
+        pool: options.pool,
+        superuserPool: options.superuserPool,
         superuserConnectionString: options.superuserConnectionString,
         schemas: ["app", "audit"],
       }),

@@ -51,8 +51,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.use("/graphql", documentChecks);
   app.use("/graphiql", identity(config.jwtSecret));
 
+  // Our own pools, so that close() can wait until every connection is gone.
+  const apiPool = new pg.Pool({ connectionString: options.authenticatorUrl ?? options.databaseUrl, max: 10 });
+  const ownerPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
+  for (const pool of [apiPool, ownerPool]) {
+    pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
+    pool.on("connect", (client) => client.on("error", () => {}));
+  }
   const pgl = postgraphile(makePreset({
     connectionString: options.authenticatorUrl ?? options.databaseUrl,
+    pool: apiPool,
+    superuserPool: ownerPool,
     superuserConnectionString: options.databaseUrl,
     maskErrors: options.production,
   }));
@@ -76,6 +85,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     async close() {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await pgl.release();
+      await apiPool.end();
+      await ownerPool.end();
       await healthPool.end();
     },
   };

@@ -1,0 +1,44 @@
+// Reads by time touch only the partitions they need; reads by entity use the entity index.
+import { afterAll, beforeAll, expect, test } from "@jest/globals";
+import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+
+let db: TestDatabase;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  for (const month of ["2025-01-01", "2025-02-01", "2025-03-01", "2025-04-01"]) {
+    await db.pool.query(`select audit.create_partition($1::date)`, [month]);
+  }
+});
+afterAll(async () => db?.drop());
+
+async function plan(sql: string, params: unknown[] = []): Promise<string> {
+  const { rows } = await db.pool.query(`explain (costs off) ${sql}`, params);
+  return rows.map((r) => r["QUERY PLAN"]).join("\n");
+}
+
+test("one day of audit.log scans only that month's partition", async () => {
+  const text = await plan(`select * from audit.log where created_at >= '2025-02-10' and created_at < '2025-02-11'`);
+  expect(text).toContain("log_2025_02");
+  expect(text).not.toMatch(/log_2025_0[134]|log_default|log_20(2[6-9])/);
+});
+
+test("with parameters (as the API sends them), pruning happens at execution", async () => {
+  await db.pool.query(`prepare by_day(timestamptz, timestamptz) as select count(*) from audit.log where created_at >= $1 and created_at < $2`);
+  await db.pool.query(`set plan_cache_mode = force_generic_plan`);
+  const { rows } = await db.pool.query(`explain (analyze, costs off, timing off, summary off) execute by_day('2025-03-05', '2025-03-06')`);
+  const text = rows.map((r) => r["QUERY PLAN"]).join("\n");
+  await db.pool.query(`reset plan_cache_mode; deallocate by_day`);
+  expect(text).toMatch(/Subplans Removed: \d+/);
+  expect(text).toContain("log_2025_03");
+  expect(text).not.toMatch(/log_2025_0[124]/);
+});
+
+test("one entity's history is an index scan, not a sequential scan", async () => {
+  await db.pool.query(`set enable_seqscan = off`);
+  const text = await plan(`select * from audit.entity_history('products', '42')`).finally(() => db.pool.query(`reset enable_seqscan`));
+  expect(text).toMatch(/Function Scan|Index/);
+  const direct = await plan(`select * from audit.log where entity_name = 'products' and entity_id = '42'`);
+  expect(direct).toMatch(/Index Scan using log_2025_01_table_id_entity_id_created_at_idx/);
+  expect(direct).not.toMatch(/Seq Scan on log_/);
+});
