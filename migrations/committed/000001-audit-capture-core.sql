@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:f98a65335862065c706e012962fc7326d2e693b8
+--! Hash: sha1:72e72734211646f0dfff12b360e9aab705c1df67
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1164,14 +1164,14 @@ $$;
 -- source: reporting/11_history.sql
 -- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
 -- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
--- row-level security applies (a user sees only their own rows).
+-- row-level security applies (a user sees only their own rows). No `set search_path` (every name is
+-- qualified): a SQL function without SET clauses can be inlined, so the planner sees through it.
 
 -- entity_name is a table name (`products`) or schema-qualified (`app.products`).
 create or replace function audit.entity_history(entity_name text, entity_id text)
   returns setof audit.log
   language sql
   stable
-  set search_path = pg_catalog, pg_temp
 as $$
   select l.*
   from audit.log l
@@ -1187,7 +1187,6 @@ create or replace function audit.user_activity(user_id text, since timestamptz d
   returns setof audit.log
   language sql
   stable
-  set search_path = pg_catalog, pg_temp
 as $$
   select l.*
   from audit.log l
