@@ -15,6 +15,7 @@ create table if not exists audit_private.log_entries (
   table_id         integer     not null,
   action           "char"      not null,
   entity_id        text,
+  old_entity_id    text,
   row_data         jsonb,
   delta            jsonb,
   user_id          text,
@@ -38,9 +39,12 @@ comment on column audit_private.log_entries.table_id is 'audit_private.tables.id
 comment on column audit_private.log_entries.action is 'I = INSERT, U = UPDATE, D = DELETE, T = TRUNCATE';
 comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UPDATE and DELETE: the old row (excluded columns removed, masked columns replaced)';
 comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
+comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
 
 -- Entity history: all rows of one entity, in order.
 create index if not exists log_entries_entity_idx on audit_private.log_entries (table_id, entity_id, created_at);
+-- Primary-key changes, for point-in-time reads of the old key (rare: costs nothing for other rows).
+create index if not exists log_entries_old_entity_idx on audit_private.log_entries (table_id, old_entity_id, created_at) where old_entity_id is not null;
 -- User activity: only rows written with a user in context (bulk SQL without context costs nothing here).
 create index if not exists log_entries_user_idx on audit_private.log_entries (user_id, created_at) where user_id is not null;
 -- Time ranges inside a month: BRIN is a few pages per month and costs almost nothing on writes.

@@ -140,6 +140,19 @@ describe("reading the trail", () => {
     expect(nodes.map((n: { rowId: string }) => n.rowId)).toEqual(rows.map((r) => r.id));
   });
 
+  test("rowAsOf gives the row's state at a past time, or null before it existed", async () => {
+    const { rows: [{ after_insert, before }] } = await db.pool.query(
+      `select (min(created_at) + interval '1 microsecond')::text as after_insert, (min(created_at) - interval '1 second')::text as before
+         from audit.log where entity_name = 'products' and entity_id = $1`, [productId]);
+    const result = await gql(api, `query($id: String!, $at: Datetime!, $before: Datetime!) {
+        then: rowAsOf(entityName: "app.products", entityId: $id, at: $at)
+        earlier: rowAsOf(entityName: "app.products", entityId: $id, at: $before) }`,
+      { id: productId, at: after_insert, before }, { token: auditor() });
+    expect(result.body.errors).toBeUndefined();
+    expect(result.body.data!.then).toMatchObject({ name: "history", stock: 1, price: 10 });
+    expect(result.body.data!.earlier).toBeNull();
+  });
+
   test("userActivity and a filtered, paginated auditLogs agree with SQL", async () => {
     const activity = await gql(api, `{ userActivity(userId: "alice-id") { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
     const { rows: [{ n }] } = await db.pool.query(`select count(*)::int as n from audit.log where user_id = 'alice-id'`);

@@ -193,7 +193,7 @@ create or replace function audit_private.write_capture_functions(tracked audit_p
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, delta,
+  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, old_entity_id, row_data, delta,
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
   context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
         _ctx.metadata, _ctx.db_user, _ctx.application_name';
@@ -202,7 +202,7 @@ begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
     perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
       '%s
-      select _at, _tx, %s, %L, %s, r.row_data, null, %s
+      select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
       from (select %s as row_data from %s t offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
       audit_private.row_json_sql(tracked, 't'), op.transition));
@@ -210,7 +210,7 @@ begin
 
   perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
     '%s
-      select _at, _tx, %s, %L, %s, c.row_data, c.delta, %s
+      select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s
       from (
         select %s as row_data,
           %s as delta
@@ -219,7 +219,9 @@ begin
         offset 0
       ) c
       where c.delta <> ''{}''::jsonb',
-    insert_columns, tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'), context_values,
+    insert_columns, tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
+    -- The key changed exactly when the delta holds a key column: then record the old entity id too.
+    tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values,
     audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
 end
 $$;

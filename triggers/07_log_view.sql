@@ -12,6 +12,16 @@ as $$
   from jsonb_each(delta) as d
 $$;
 
+-- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE.
+create or replace function audit_private.new_row(action "char", row_data jsonb, delta jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select case action when 'I' then row_data when 'U' then row_data || delta end
+$$;
+
 create or replace function audit_private.action_name(action "char")
   returns text
   language sql
@@ -32,7 +42,7 @@ select
   e.entity_id,
   audit_private.action_name(e.action)         as action,
   case when e.action in ('U', 'D') then e.row_data end             as old_value,
-  case e.action when 'I' then e.row_data when 'U' then e.row_data || e.delta end as new_value,
+  audit_private.new_row(e.action, e.row_data, e.delta) as new_value,
   case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
   e.user_id,
   e.user_email,

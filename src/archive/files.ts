@@ -9,7 +9,7 @@ import { createGunzip } from "node:zlib";
 
 /** Storage columns in archive order. Changing them means a new ARCHIVE_SCHEMA_VERSION. */
 export const ARCHIVE_COLUMNS = [
-  "id", "created_at", "tx_id", "table_id", "action", "entity_id", "row_data", "delta", "user_id", "user_email",
+  "id", "created_at", "tx_id", "table_id", "action", "entity_id", "old_entity_id", "row_data", "delta", "user_id", "user_email",
   "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name",
 ] as const;
 export const ARCHIVE_SCHEMA_VERSION = 1;

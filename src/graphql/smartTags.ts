@@ -21,6 +21,7 @@ export const smartTagsPlugin = jsonPgSmartTags({
       // Query fields entityHistory and userActivity (without the schema prefix).
       "audit.entity_history": { tags: { name: "entity_history" } },
       "audit.user_activity": { tags: { name: "user_activity" } },
+      "audit.row_as_of": { tags: { name: "row_as_of" } },
       ...Object.fromEntries(
       [
         "audit.set_context", "audit.enable_tracking", "audit.disable_tracking", "audit.ensure_partitions",
