@@ -9,7 +9,8 @@ export interface Config {
   authenticatorUrl: string | undefined;
   port: number;
   jwtSecret: string | undefined;
-  trustProxy: boolean;
+  /** Express "trust proxy": false, a number of proxy hops, or addresses/subnets of trusted proxies. */
+  trustProxy: boolean | number | string;
   rateLimitPerMinute: number;
   premakeMonths: number;
   retentionMonths: number;
@@ -30,8 +31,17 @@ function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0
   return value;
 }
 
-function flag(env: NodeJS.ProcessEnv, name: string): boolean {
-  return ["1", "true", "yes", "on"].includes((env[name] ?? "").toLowerCase());
+/**
+ * TRUST_PROXY: unset/false → X-Forwarded-For is ignored; true → one proxy hop (the client address is the
+ * one your proxy appended, so clients cannot spoof it); a number → that many hops; anything else →
+ * addresses or subnets of trusted proxies, e.g. "loopback, 10.0.0.0/8".
+ */
+function trustProxy(raw: string | undefined): boolean | number | string {
+  const value = (raw ?? "").trim().toLowerCase();
+  if (["", "0", "false", "no", "off"].includes(value)) return false;
+  if (["1", "true", "yes", "on"].includes(value)) return 1;
+  if (/^\d+$/.test(value)) return Number(value);
+  return raw!.trim();
 }
 
 /** Loads `.env` from the working directory (if present) into process.env, without overriding. */
@@ -46,7 +56,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
     port: integer(env, "PORT", 3000, 1),
     jwtSecret: env.JWT_SECRET || undefined,
-    trustProxy: flag(env, "TRUST_PROXY"),
+    trustProxy: trustProxy(env.TRUST_PROXY),
     rateLimitPerMinute: integer(env, "RATE_LIMIT_PER_MINUTE", 300, 1),
     premakeMonths: integer(env, "AUDIT_PREMAKE_MONTHS", 3),
     retentionMonths: integer(env, "AUDIT_RETENTION_MONTHS", 12, 1),

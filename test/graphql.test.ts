@@ -14,8 +14,8 @@ let db: TestDatabase;
 let api: RunningServer; // TRUST_PROXY on
 let direct: RunningServer; // TRUST_PROXY off
 
-const config = (overrides: Partial<{ trustProxy: boolean; rateLimitPerMinute: number }> = {}) => ({
-  port: 0, jwtSecret: SECRET, trustProxy: true, rateLimitPerMinute: 10_000, ...overrides,
+const config = (overrides: Partial<{ trustProxy: boolean | number; rateLimitPerMinute: number }> = {}) => ({
+  port: 0, jwtSecret: SECRET, trustProxy: 1, rateLimitPerMinute: 10_000, ...overrides,
 });
 
 beforeAll(async () => {
@@ -59,7 +59,9 @@ const auditor = () => token({ sub: "auditor-id", email: "audit@example.com", rol
 
 describe("request context reaches the audit trail", () => {
   test("createUser, updateUser and deleteUser are attributed to the caller exactly", async () => {
-    const headers = { "x-forwarded-for": "203.0.113.77, 10.0.0.1", "user-agent": "cartop-tests/1.0", "x-request-id": "req-context-1" };
+    // One trusted proxy: the client is the address the proxy appended last; what the client sent before
+    // it ("198.51.100.66", a spoofing attempt) is ignored.
+    const headers = { "x-forwarded-for": "198.51.100.66, 203.0.113.77", "user-agent": "cartop-tests/1.0", "x-request-id": "req-context-1" };
     const created = await gql(api, `mutation($input: CreateUserInput!) { createUser(input: $input) { result { id rowId email firstName } } }`,
       { input: { email: "ada@example.com", firstName: "Ada", lastName: "Lovelace", password: "correct horse battery" } },
       { token: alice(), headers });

@@ -31,6 +31,7 @@ test("the schedule: partitions hourly, archiving daily, each with a job key so r
   const items = parseCrontab(crontab);
   expect(items.map((item) => [item.task, item.options.jobKey, item.options.jobKeyMode])).toEqual([
     ["audit__ensure_partitions", "audit__ensure_partitions", "replace"],
+    ["audit__summarize_activity", "audit__summarize_activity", "replace"],
     ["audit__archive_partitions", "audit__archive_partitions", "replace"],
   ]);
   // Minute 5 of every hour, and 03:15 every day (UTC).
@@ -40,8 +41,9 @@ test("the schedule: partitions hourly, archiving daily, each with a job key so r
   };
   expect(items[0]!.match(at("2026-11-27T10:05:00Z"))).toBe(true);
   expect(items[0]!.match(at("2026-11-27T10:06:00Z"))).toBe(false);
-  expect(items[1]!.match(at("2026-11-27T03:15:00Z"))).toBe(true);
-  expect(items[1]!.match(at("2026-11-27T04:15:00Z"))).toBe(false);
+  expect(items[1]!.match(at("2026-11-27T10:10:00Z"))).toBe(true);
+  expect(items[2]!.match(at("2026-11-27T03:15:00Z"))).toBe(true);
+  expect(items[2]!.match(at("2026-11-27T04:15:00Z"))).toBe(false);
 });
 
 test("audit__ensure_partitions keeps AUDIT_PREMAKE_MONTHS months ahead", async () => {
@@ -67,6 +69,10 @@ test("audit__archive_partitions archives every month older than the retention, a
   await runJob("audit__archive_partitions");
   const { rows } = await db.pool.query(`select to_char(month, 'YYYY-MM-DD') as month, status, rows from audit.archives`);
   expect(rows).toEqual([{ month: old, status: "archived", rows: "100" }]);
+  // The archived month's counts were summarised first, so activity_daily still shows them.
+  const { rows: [counted] } = await db.pool.query(
+    `select coalesce(sum(changes), 0)::int as n from audit.activity_daily where day = $1::date + 1`, [old]);
+  expect(counted.n).toBe(100);
   expect((await db.pool.query(`select present from audit_private.partition_state($1::date)`, [recent])).rows[0].present).toBe(true);
   expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`]);
 });

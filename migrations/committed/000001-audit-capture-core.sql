@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:9e5887a56e3321a8d5d084bcb61e34d23ddf41fc
+--! Hash: sha1:3eac3a0a64b789914b300a1324c4df1e51c474c2
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1254,22 +1254,83 @@ comment on column audit.changes.user_email is 'audit.user_email of the writing t
 comment on column audit.changes.db_user is 'Database role that made the change';
 comment on column audit.changes.request_id is 'audit.request_id of the writing transaction';
 
--- Counts per UTC day × table × action × user. A plain view, not a materialized one: it is always current,
--- costs nothing to maintain, and a filter on day prunes to the partitions of those days (a quarter reads
--- three partitions). See the README for its cost at 10M rows.
+-- Counts per UTC day × table × action × user. Finished days are summarised once into a small table by the
+-- worker (audit.summarize_activity, hourly, and before archiving); the view adds the days not yet
+-- summarised (today) from the trail itself, pruned to their partition at run time. So the view is always
+-- current, a quarter reads a few thousand summary rows instead of millions of audit rows, and the counts
+-- of archived months stay available after their rows leave the database.
+create table if not exists audit_private.activity_summary (
+  day      date    not null,
+  table_id integer not null,
+  action   "char"  not null,
+  user_id  text,
+  changes  bigint  not null,
+  constraint activity_summary_key unique nulls not distinct (day, table_id, action, user_id)
+);
+
+create table if not exists audit_private.activity_summary_state (
+  singleton       boolean primary key default true check (singleton),
+  summarized_until date   not null
+);
+
+comment on table audit_private.activity_summary is 'Audit rows per finished UTC day, table, action and user (see audit.activity_daily)';
+
+-- The first instant not yet summarised (UTC), or -infinity before the first summary.
+create or replace function audit_private.activity_live_from()
+  returns timestamptz
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce((select summarized_until::timestamp at time zone 'UTC' from audit_private.activity_summary_state), '-infinity')
+$$;
+
+-- Summarises every finished day (before today, UTC) not summarised yet; returns the summary rows written.
+create or replace function audit.summarize_activity()
+  returns integer
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  live_from timestamptz;
+  today date := (now() at time zone 'UTC')::date;
+  added integer;
+begin
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:activity-summary'));
+  live_from := audit_private.activity_live_from();
+  if live_from >= (today::timestamp at time zone 'UTC') then
+    return 0;
+  end if;
+  insert into audit_private.activity_summary (day, table_id, action, user_id, changes)
+  select (e.created_at at time zone 'UTC')::date, e.table_id, e.action, e.user_id, count(*)
+  from audit_private.log_entries e
+  where e.created_at >= live_from and e.created_at < (today::timestamp at time zone 'UTC')
+  group by 1, 2, 3, 4
+  on conflict on constraint activity_summary_key do update set changes = excluded.changes;
+  get diagnostics added = row_count;
+  insert into audit_private.activity_summary_state (summarized_until) values (today)
+  on conflict (singleton) do update set summarized_until = excluded.summarized_until;
+  return added;
+end
+$$;
+
+comment on function audit.summarize_activity() is 'Summarises finished days into audit.activity_daily''s summary (run hourly by the worker); returns summary rows written';
+
 create or replace view audit.activity_daily with (security_invoker = true) as
-select
-  (date_trunc('day', e.created_at at time zone 'UTC'))::date as day,
-  t.schema_name                                             as entity_schema,
-  t.table_name                                              as entity_name,
-  audit_private.action_name(e.action)                       as action,
-  e.user_id,
-  count(*)                                                  as changes
+select s.day, t.schema_name as entity_schema, t.table_name as entity_name,
+       audit_private.action_name(s.action) as action, s.user_id, s.changes
+from audit_private.activity_summary s
+join audit_private.tables t on t.id = s.table_id
+union all
+select (e.created_at at time zone 'UTC')::date, t.schema_name, t.table_name,
+       audit_private.action_name(e.action), e.user_id, count(*)
 from audit_private.log_entries e
 join audit_private.tables t on t.id = e.table_id
+where e.created_at >= audit_private.activity_live_from()
 group by 1, 2, 3, 4, 5;
 
-comment on view audit.activity_daily is 'Audit rows per UTC day, table, action and user (always current; filter on day to read only those partitions)';
+comment on view audit.activity_daily is 'Audit rows per UTC day, table, action and user: finished days from a summary the worker keeps, today live from the trail';
 comment on column audit.activity_daily.day is 'UTC day of created_at';
 comment on column audit.activity_daily.entity_schema is 'Schema of the audited table';
 comment on column audit.activity_daily.entity_name is 'Name of the audited table';
@@ -1307,7 +1368,9 @@ $$;
 
 comment on function audit.row_as_of(text, text, timestamptz) is 'The audited row (as JSON) at a point in time, or null if it did not exist then';
 
-grant select on audit.changes, audit.activity_daily to cartop_user, cartop_auditor;
+grant select on audit.changes to cartop_user, cartop_auditor;
+-- Counts cover everybody's activity: auditors only.
+grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
 
 -- source: example/20_app.sql
