@@ -14,6 +14,9 @@ export function requestRate(perWindow: number, windowMs = 60_000) {
     limit: perWindow,
     standardHeaders: "draft-7",
     legacyHeaders: false,
+    // Without TRUST_PROXY we ignore X-Forwarded-For on purpose; a client sending it is not a misconfiguration
+    // worth a log line per request.
+    validate: { xForwardedForHeader: false },
     handler(req, res) {
       const reset = (req as Request & { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime;
       const seconds = Math.max(1, Math.ceil(((reset?.getTime() ?? Date.now() + windowMs) - Date.now()) / 1000));
