@@ -6,6 +6,7 @@ import { parseArgs } from "node:util";
 import jwt from "jsonwebtoken";
 import { startServer } from "../src/http/app.ts";
 import { openScratchDatabase } from "./scratch.ts";
+import { percentile, printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({
   options: { rows: { type: "string", default: "1000000" }, seconds: { type: "string", default: "10" }, clients: { type: "string", default: "2" } },
@@ -16,9 +17,6 @@ const CLIENTS = Number(args.clients);
 const ENTITIES = 50_000;
 const SECRET = "bench-secret-0123456789-0123456789-0123";
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
 const scratch = await openScratchDatabase("bench_api", 55732);
 const { pool } = scratch;
@@ -83,8 +81,7 @@ try {
       `${percentile(latencies, 95).toFixed(1)} ms`, String(errors)]);
   }
   await server.close();
-  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  for (const line of lines) console.log(line.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
+  printTable(lines);
 } finally {
   await scratch.close();
 }

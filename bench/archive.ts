@@ -8,6 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
 import { openScratchDatabase } from "./scratch.ts";
+import { printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({ options: { rows: { type: "string", default: "250000,1000000" } } });
 const sizes = args.rows.split(",").map(Number);
@@ -58,8 +59,7 @@ try {
       `${Math.max(archived.peakMb, restored.peakMb).toFixed(0)} MB`, `${(archived.result.bytes / 2 ** 20).toFixed(1)} MB`,
     ]);
   }
-  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  for (const line of lines) console.log(line.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
+  printTable(lines);
 } finally {
   await scratch.close();
   await rm(dir, { recursive: true, force: true });

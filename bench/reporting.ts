@@ -4,6 +4,7 @@
 //   DATABASE_URL=postgres://... npm run bench:reporting -- --rows 10000000 --runs 200
 import { parseArgs } from "node:util";
 import { openScratchDatabase } from "./scratch.ts";
+import { percentile, printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({ options: { rows: { type: "string", default: "10000000" }, runs: { type: "string", default: "200" } } });
 const ROWS = Number(args.rows);
@@ -11,9 +12,6 @@ const RUNS = Number(args.runs);
 const ENTITIES = 200_000;
 const DAYS = 390;
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
 
 const scratch = await openScratchDatabase("bench_reporting", 55832);
 const { pool } = scratch;
@@ -45,6 +43,11 @@ try {
   await pool.query("vacuum analyze audit_private.log_entries");
   const seedSeconds = (performance.now() - seedStart) / 1000;
   console.log(`seeded in ${seedSeconds.toFixed(0)} s (${Math.round(ROWS / seedSeconds)} rows/s, including VACUUM ANALYZE)`);
+  // What the worker does hourly: summarise finished days for activity_daily (here all of them at once).
+  const summaryStart = performance.now();
+  const { rows: [{ written }] } = await pool.query("select audit.summarize_activity() as written");
+  await pool.query("analyze audit_private.activity_summary");
+  console.log(`summarised ${DAYS} days into ${written} summary rows in ${((performance.now() - summaryStart) / 1000).toFixed(1)} s`);
 
   const timings = async (label: string, sql: string, params: () => unknown[], runs = RUNS) => {
     const samples: number[] = [];
@@ -72,10 +75,9 @@ try {
   lines.push(await timings("activity_daily for a quarter",
     `select * from audit.activity_daily where day >= $1::date and day < $1::date + 91`,
     () => [new Date(Date.now() - 200 * 86_400_000).toISOString().slice(0, 10)], 5));
-  const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
-  for (const line of lines) console.log(line.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
+  printTable(lines);
   const { rows: plan } = await pool.query(
-    `explain (costs off) select * from audit.activity_daily where day >= '2026-01-01' and day < '2026-04-01'`);
+    `explain (costs off) select * from audit.activity_daily where day >= current_date - 200 and day < current_date - 109`);
   console.log(`\nplan of activity_daily for a quarter:\n${plan.map((r) => `  ${r["QUERY PLAN"]}`).join("\n")}`);
 } finally {
   await scratch.close();

@@ -12,6 +12,7 @@ import { pipeline } from "node:stream/promises";
 import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 import { openScratchDatabase } from "./scratch.ts";
+import { median, printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -37,10 +38,6 @@ const generated = (from: string, to: string) => `
          (g % 1000) / 10.0 + 1, g % 500, g % 3 <> 0, (g % 97) / 3.0, now(), now()
   from generate_series(${from}, ${to}) g`;
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 async function timed(pool: pg.Pool, sql: string): Promise<number> {
   await pool.query("checkpoint");
@@ -197,8 +194,7 @@ async function main(): Promise<void> {
       [...oltpRow(`mixed INSERT+UPDATE+DELETE tx, ${CLIENTS} clients`, oltp.mixed), "", ">= 0.80x"],
       ["audit bytes per captured UPDATE", "", `${(updateBytes / ROWS).toFixed(0)} B`, "", "", "<= 600 B"],
     ];
-    const widths = rowsOut[0]!.map((_, i) => Math.max(...rowsOut.map((row) => row[i]!.length)));
-    for (const row of rowsOut) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join("  "));
+    printTable(rowsOut);
   } finally {
     await scratch.close();
   }
