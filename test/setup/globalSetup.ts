@@ -14,6 +14,8 @@ declare global {
 }
 
 export default async function globalSetup(): Promise<void> {
+  // Grafast's extra development-time checks, in every test worker.
+  process.env.GRAPHILE_ENV ??= "development";
   let serverUrl = process.env.TEST_DATABASE_URL || process.env.DATABASE_URL;
   if (!serverUrl) {
     const server = await startEmbeddedPostgres({
