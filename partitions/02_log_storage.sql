@@ -41,10 +41,13 @@ comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UP
 comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
 comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
 
--- Entity history: all rows of one entity, in order.
-create index if not exists log_entries_entity_idx on audit_private.log_entries (table_id, entity_id, created_at);
+-- Entity history: all rows of one entity, in order. entity_id leads: it is what every entity query knows
+-- (the table id may arrive through a join the planner cannot turn into an index condition).
+create index if not exists log_entries_entity_idx on audit_private.log_entries (entity_id, table_id, created_at);
 -- Primary-key changes, for point-in-time reads of the old key (rare: costs nothing for other rows).
-create index if not exists log_entries_old_entity_idx on audit_private.log_entries (table_id, old_entity_id, created_at) where old_entity_id is not null;
+create index if not exists log_entries_old_entity_idx on audit_private.log_entries (old_entity_id, table_id, created_at) where old_entity_id is not null;
+-- TRUNCATEs of a table, for point-in-time reads (rare: one tiny entry per TRUNCATE statement).
+create index if not exists log_entries_truncate_idx on audit_private.log_entries (table_id, created_at) where action = 'T';
 -- User activity: only rows written with a user in context (bulk SQL without context costs nothing here).
 create index if not exists log_entries_user_idx on audit_private.log_entries (user_id, created_at) where user_id is not null;
 -- Time ranges inside a month: BRIN is a few pages per month and costs almost nothing on writes.

@@ -118,6 +118,17 @@ comment on column audit.activity_daily.action is 'INSERT, UPDATE, DELETE or TRUN
 comment on column audit.activity_daily.user_id is 'audit.user_id (null: no user in context, e.g. a DBA in psql)';
 comment on column audit.activity_daily.changes is 'Number of audit rows';
 
+-- Ids of the tracked tables a name refers to: `products` (any schema) or `app.products`.
+create or replace function audit_private.table_ids(entity_name text)
+  returns integer[]
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce(array_agg(t.id), '{}') from audit_private.tables t
+  where t.table_name = entity_name or t.schema_name || '.' || t.table_name = entity_name
+$$;
+
 -- The row as it was at `at` (inclusive), or null if it did not exist then: not yet inserted, deleted,
 -- truncated, or its primary key had been changed to another value. entity_name as in entity_history.
 create or replace function audit.row_as_of(entity_name text, entity_id text, at timestamptz)
@@ -125,23 +136,22 @@ create or replace function audit.row_as_of(entity_name text, entity_id text, at 
   language sql
   stable
 as $$
-  with target as (
-    select t.id from audit_private.tables t
-    where t.table_name = row_as_of.entity_name or t.schema_name || '.' || t.table_name = row_as_of.entity_name
-  ), events as (
+  with events as (
     -- Changes to this entity (an UPDATE that gave another row this key included).
     select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action, e.row_data, e.delta) end as state
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.entity_id = row_as_of.entity_id and e.created_at <= at
+    where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
     union all
     -- An UPDATE that moved this key to another value: the row no longer exists under it.
     select e.created_at, e.id, null
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.old_entity_id = row_as_of.entity_id and e.created_at <= at
+    where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
     union all
     select e.created_at, e.id, null
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.action = 'T' and e.created_at <= at
+    where e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name)) and e.created_at <= at
   )
   select state from events order by created_at desc, id desc limit 1
 $$;

@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:3eac3a0a64b789914b300a1324c4df1e51c474c2
+--! Hash: sha1:9be965004f7b760334df631ca4357f54269b78ed
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -82,10 +82,13 @@ comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UP
 comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
 comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
 
--- Entity history: all rows of one entity, in order.
-create index if not exists log_entries_entity_idx on audit_private.log_entries (table_id, entity_id, created_at);
+-- Entity history: all rows of one entity, in order. entity_id leads: it is what every entity query knows
+-- (the table id may arrive through a join the planner cannot turn into an index condition).
+create index if not exists log_entries_entity_idx on audit_private.log_entries (entity_id, table_id, created_at);
 -- Primary-key changes, for point-in-time reads of the old key (rare: costs nothing for other rows).
-create index if not exists log_entries_old_entity_idx on audit_private.log_entries (table_id, old_entity_id, created_at) where old_entity_id is not null;
+create index if not exists log_entries_old_entity_idx on audit_private.log_entries (old_entity_id, table_id, created_at) where old_entity_id is not null;
+-- TRUNCATEs of a table, for point-in-time reads (rare: one tiny entry per TRUNCATE statement).
+create index if not exists log_entries_truncate_idx on audit_private.log_entries (table_id, created_at) where action = 'T';
 -- User activity: only rows written with a user in context (bulk SQL without context costs nothing here).
 create index if not exists log_entries_user_idx on audit_private.log_entries (user_id, created_at) where user_id is not null;
 -- Time ranges inside a month: BRIN is a few pages per month and costs almost nothing on writes.
@@ -1338,6 +1341,17 @@ comment on column audit.activity_daily.action is 'INSERT, UPDATE, DELETE or TRUN
 comment on column audit.activity_daily.user_id is 'audit.user_id (null: no user in context, e.g. a DBA in psql)';
 comment on column audit.activity_daily.changes is 'Number of audit rows';
 
+-- Ids of the tracked tables a name refers to: `products` (any schema) or `app.products`.
+create or replace function audit_private.table_ids(entity_name text)
+  returns integer[]
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce(array_agg(t.id), '{}') from audit_private.tables t
+  where t.table_name = entity_name or t.schema_name || '.' || t.table_name = entity_name
+$$;
+
 -- The row as it was at `at` (inclusive), or null if it did not exist then: not yet inserted, deleted,
 -- truncated, or its primary key had been changed to another value. entity_name as in entity_history.
 create or replace function audit.row_as_of(entity_name text, entity_id text, at timestamptz)
@@ -1345,23 +1359,22 @@ create or replace function audit.row_as_of(entity_name text, entity_id text, at 
   language sql
   stable
 as $$
-  with target as (
-    select t.id from audit_private.tables t
-    where t.table_name = row_as_of.entity_name or t.schema_name || '.' || t.table_name = row_as_of.entity_name
-  ), events as (
+  with events as (
     -- Changes to this entity (an UPDATE that gave another row this key included).
     select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action, e.row_data, e.delta) end as state
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.entity_id = row_as_of.entity_id and e.created_at <= at
+    where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
     union all
     -- An UPDATE that moved this key to another value: the row no longer exists under it.
     select e.created_at, e.id, null
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.old_entity_id = row_as_of.entity_id and e.created_at <= at
+    where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
     union all
     select e.created_at, e.id, null
     from audit_private.log_entries e
-    where e.table_id in (select id from target) and e.action = 'T' and e.created_at <= at
+    where e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name)) and e.created_at <= at
   )
   select state from events order by created_at desc, id desc limit 1
 $$;
