@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:9be965004f7b760334df631ca4357f54269b78ed
+--! Hash: sha1:169b0bf6704cefd5ba7c43b5e970017173e71149
 --! Message: Audit capture core
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1385,6 +1385,61 @@ grant select on audit.changes to cartop_user, cartop_auditor;
 -- Counts cover everybody's activity: auditors only.
 grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
+
+-- source: reporting/13_coverage.sql
+-- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
+-- `cartop-audit doctor`) can see. Empty means healthy.
+create or replace function audit.coverage_problems(months_ahead integer default 1)
+  returns table (check_name text, object text, problem text)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  -- A tracked table that no longer exists.
+  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name), 'tracked, but the table does not exist'
+  from audit_private.tables t
+  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
+  union all
+  -- A tracked table whose capture triggers were dropped or disabled.
+  select case when tt.triggers_installed < 4 then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
+         format('%I.%I', tt.schema_name, tt.table_name),
+         format('%s of 4 capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_active)
+  from audit.tracked_tables tt
+  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
+    and (tt.triggers_installed < 4 or tt.triggers_active < 4)
+  union all
+  -- A trigger that looks like ours but is not (wrong function), or ours on a table that is not tracked.
+  select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
+         format('runs %s', g.tgfoid::regprocedure)
+  from pg_trigger g
+  join pg_class c on c.oid = g.tgrelid
+  join pg_namespace n on n.oid = c.relnamespace
+  where g.tgname like '\_900\_audit\_%'
+    and (g.tgfoid::regproc::text not like 'audit_private.%'
+         or not exists (select from audit_private.tables t
+                        where t.enabled and t.schema_name = n.nspname and t.table_name = c.relname))
+  union all
+  -- Months that should already have a partition.
+  select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
+         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), months_ahead)
+  from generate_series(audit_private.current_month(), audit_private.current_month() + make_interval(months => greatest(months_ahead, 0)), interval '1 month') as m
+  where not exists (select from pg_class where relname = audit_private.partition_name(m::date) and relnamespace = 'audit'::regnamespace)
+  union all
+  -- Rows waiting in the default partition.
+  select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
+  from audit.default_partition_months() d
+$$;
+
+comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition); empty when healthy';
+
+create or replace view audit.coverage as select * from audit.coverage_problems(1);
+comment on view audit.coverage is 'Problems in audit capture coverage with one month premade ahead; empty when healthy';
+comment on column audit.coverage.check_name is 'Which check found the problem';
+comment on column audit.coverage.object is 'The table, trigger or partition concerned';
+comment on column audit.coverage.problem is 'What is wrong';
+
+grant select on audit.coverage to cartop_auditor;
+grant execute on function audit.coverage_problems(integer) to cartop_auditor;
 
 -- source: example/20_app.sql
 -- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.

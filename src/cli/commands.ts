@@ -206,6 +206,26 @@ export function buildProgram(): Command {
       });
     });
 
+  program
+    .command("doctor")
+    .description("check capture coverage, partitions ahead, the default partition and archive files (exit 1 on problems)")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      const problems = await withDatabase(async (pool, config) => {
+        const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
+          "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
+        const { rows: archived } = await pool.query<{ month: string }>(
+          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = 'archived' order by month");
+        for (const { month } of archived) {
+          const result = await verifyArchive(pool, month, { dir: config.archiveDir });
+          if (!result.ok) rows.push({ check_name: "archive_unverified", object: result.file, problem: result.problem ?? "" });
+        }
+        printRows(rows, options, "no problems found");
+        return rows.length;
+      });
+      if (problems) process.exitCode = 1;
+    });
+
   const partitions = program.command("partitions").description("monthly partitions of the audit trail");
 
   partitions

@@ -11,6 +11,7 @@ export const smartTagsPlugin = jsonPgSmartTags({
       "audit.partitions": { tags: { behavior: ["-*"] } },
       "audit.archives": { tags: { behavior: ["-*"] } },
       "audit.tracked_tables": { tags: { behavior: ["-*"] } },
+      "audit.coverage": { tags: { behavior: ["-*"] } },
       // Users are created through app.create_user (which hashes the password), not a raw insert.
       "app.users": { tags: { behavior: ["-insert"] } },
     },
@@ -26,7 +27,7 @@ export const smartTagsPlugin = jsonPgSmartTags({
       [
         "audit.set_context", "audit.enable_tracking", "audit.disable_tracking", "audit.ensure_partitions",
         "audit.create_partition", "audit.archivable_months", "audit.default_partition_months",
-        "audit.drain_default_partition", "audit.summarize_activity", "app.hash_password",
+        "audit.drain_default_partition", "audit.summarize_activity", "audit.coverage_problems", "app.hash_password",
       ].map((name) => [name, { tags: { behavior: ["-*"] } }]),
       ),
     },

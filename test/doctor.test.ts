@@ -1,0 +1,102 @@
+// The coverage guard finds each silent failure of a trigger-based audit, and is clean when all is well.
+import { afterAll, beforeAll, expect, test } from "@jest/globals";
+import { execFile } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { archiveMonth } from "../src/archive/archive.ts";
+import { archivePaths } from "../src/archive/files.ts";
+import { projectRoot } from "../src/db/sourceSql.ts";
+import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+
+const exec = promisify(execFile);
+let db: TestDatabase;
+let dir: string;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  dir = await mkdtemp(path.join(os.tmpdir(), "cartop-doctor-test-"));
+  await db.pool.query(`create table public.guarded (id int primary key, v text); select audit.enable_tracking('public.guarded');`);
+});
+afterAll(async () => {
+  await db?.drop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function doctor(): Promise<{ code: number; problems: { check_name: string; object: string; problem: string }[] }> {
+  try {
+    const { stdout } = await exec(process.execPath, [path.join(projectRoot, "src/main.ts"), "doctor", "--json"], {
+      env: { ...process.env, DATABASE_URL: db.url, AUDIT_ARCHIVE_DIR: dir, AUDIT_PREMAKE_MONTHS: "2", NODE_OPTIONS: "" },
+    });
+    return { code: 0, problems: JSON.parse(stdout) };
+  } catch (error) {
+    const e = error as { code: number; stdout: string };
+    return { code: e.code, problems: JSON.parse(e.stdout) };
+  }
+}
+
+test("a healthy database is clean", async () => {
+  expect(await doctor()).toEqual({ code: 0, problems: [] });
+});
+
+test("each planted fault is found, and gone once repaired", async () => {
+  const cases: [string, string, string, { check_name: string; object: string; problem: string }][] = [
+    ["drop trigger _900_audit_update on public.guarded", "select audit.enable_tracking('public.guarded')", "",
+      { check_name: "capture_trigger_missing", object: "public.guarded", problem: "3 of 4 capture triggers installed, 3 enabled" }],
+    // ALTER TABLE … DISABLE TRIGGER is undone at once by the event trigger (see the next test); a superuser
+    // editing the catalog, or an install without the event trigger, is what the check is for.
+    ["update pg_trigger set tgenabled = 'D' where tgname = '_900_audit_insert' and tgrelid = 'public.guarded'::regclass",
+      "update pg_trigger set tgenabled = 'O' where tgname = '_900_audit_insert' and tgrelid = 'public.guarded'::regclass", "",
+      { check_name: "capture_trigger_disabled", object: "public.guarded", problem: "4 of 4 capture triggers installed, 3 enabled" }],
+    [`create table public.sneaky (id int primary key);
+      create trigger _900_audit_insert after insert on public.sneaky for each statement execute function app.tg__touch_updated_at()`,
+      "drop table public.sneaky", "",
+      { check_name: "foreign_capture_trigger", object: "_900_audit_insert on public.sneaky", problem: "runs app.tg__touch_updated_at()" }],
+    ["select 1", "select audit.ensure_partitions(2)", "drop-next-month",
+      { check_name: "partition_missing", object: "", problem: "" }],
+    [`insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+      values ('2045-06-01', 1, 1, 'I', 'x', '{}', 'test')`, "select audit.drain_default_partition()", "",
+      { check_name: "default_partition_rows", object: "audit.log_default", problem: "1 row(s) of 2045-06" }],
+  ];
+  for (const [plant, repair, special, expected] of cases) {
+    if (special === "drop-next-month") {
+      const { rows: [{ name }] } = await db.pool.query(
+        `select audit_private.partition_name((audit_private.current_month() + interval '1 month')::date) as name`);
+      await db.pool.query(`drop table audit.${name}`);
+      expected.object = `audit.${name}`;
+      expected.problem = `no partition for ${name.slice(4).replace("_", "-")} (keep 2 month(s) ahead)`;
+    } else {
+      await db.pool.query(plant);
+    }
+    const found = await doctor();
+    expect(found).toEqual({ code: 1, problems: [expected] });
+    await db.pool.query(repair);
+    expect(await doctor()).toEqual({ code: 0, problems: [] });
+  }
+});
+
+test("disabling a capture trigger with ALTER TABLE is undone at once: capture cannot be switched off quietly", async () => {
+  await db.pool.query(`alter table public.guarded disable trigger _900_audit_insert`);
+  const { rows } = await db.pool.query(
+    `select triggers_installed, triggers_active from audit.tracked_tables where table_name = 'guarded'`);
+  expect(rows).toEqual([{ triggers_installed: 4, triggers_active: 4 }]);
+  await db.pool.query(`insert into public.guarded values (7, 'still audited')`);
+  const { rows: audited } = await db.pool.query(`select count(*)::int as n from audit.log where entity_name = 'guarded' and entity_id = '7'`);
+  expect(audited[0].n).toBe(1);
+});
+
+test("an archive file that no longer matches its manifest is reported", async () => {
+  await db.pool.query(`select audit.create_partition('2020-02-01');
+    insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+    select '2020-02-03', 1, 1, 'I', g::text, '{}', 'test' from generate_series(1, 50) g`);
+  await archiveMonth(db.pool, "2020-02-01", { dir });
+  expect((await doctor()).code).toBe(0);
+  await writeFile(archivePaths(dir, "2020-02").data, "tampered");
+  const found = await doctor();
+  expect(found.code).toBe(1);
+  expect(found.problems).toEqual([{
+    check_name: "archive_unverified", object: archivePaths(dir, "2020-02").data,
+    problem: expect.stringMatching(/^checksum mismatch: /),
+  }]);
+});
