@@ -5,7 +5,3 @@ export function databaseUrl(serverUrl: string, database: string): string {
   return url.toString();
 }
 
-/** The database name a connection string points at. */
-export function databaseName(connectionString: string): string {
-  return decodeURIComponent(new URL(connectionString).pathname.replace(/^\//, "")) || "postgres";
-}

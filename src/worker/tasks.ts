@@ -17,10 +17,6 @@ export const crontab = [
   "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace",
 ].join("\n");
 
-export interface TaskLog {
-  info(message: string): void;
-}
-
 export function makeTasks(pool: pg.Pool, config: Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">): TaskList {
   const ensurePartitions: Task = async (_payload, helpers) => {
     const { rows } = await pool.query<{ name: string }>("select * from audit.ensure_partitions($1) as name", [config.premakeMonths]);
