@@ -1,6 +1,7 @@
 // Configuration comes from the environment only (and an optional .env file); see .env.example.
 import { existsSync } from "node:fs";
 import path from "node:path";
+import { LOG_LEVELS } from "./log.ts";
 
 export interface Config {
   /** Unset: an embedded PostgreSQL under `.data/` is started and used. */
@@ -9,6 +10,8 @@ export interface Config {
   authenticatorUrl: string | undefined;
   port: number;
   jwtSecret: string | undefined;
+  /** When set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
+  metricsToken: string | undefined;
   /** Express "trust proxy": false, a number of proxy hops, or addresses/subnets of trusted proxies. */
   trustProxy: boolean | number | string;
   rateLimitPerMinute: number;
@@ -44,6 +47,14 @@ function trustProxy(raw: string | undefined): boolean | number | string {
   return raw!.trim();
 }
 
+function logLevel(raw: string | undefined): string {
+  const value = (raw || "info").trim().toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(value)) {
+    throw new Error(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}, got "${raw}"`);
+  }
+  return value;
+}
+
 /** Loads `.env` from the working directory (if present) into process.env, without overriding. */
 export function loadDotEnv(cwd = process.cwd()): void {
   const file = path.join(cwd, ".env");
@@ -56,12 +67,13 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
     port: integer(env, "PORT", 3000, 1),
     jwtSecret: env.JWT_SECRET || undefined,
+    metricsToken: env.METRICS_TOKEN || undefined,
     trustProxy: trustProxy(env.TRUST_PROXY),
     rateLimitPerMinute: integer(env, "RATE_LIMIT_PER_MINUTE", 300, 1),
     premakeMonths: integer(env, "AUDIT_PREMAKE_MONTHS", 3),
     retentionMonths: integer(env, "AUDIT_RETENTION_MONTHS", 12, 1),
     archiveDir: path.resolve(env.AUDIT_ARCHIVE_DIR || "./data/archive"),
-    logLevel: env.LOG_LEVEL || "info",
+    logLevel: logLevel(env.LOG_LEVEL),
     embeddedDataDir: path.resolve(env.EMBEDDED_PG_DIR || ".data/postgres"),
     embeddedPort: integer(env, "EMBEDDED_PG_PORT", 54329, 1),
   };

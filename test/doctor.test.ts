@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { archiveMonth } from "../src/archive/archive.ts";
 import { archivePaths } from "../src/archive/files.ts";
 import { projectRoot } from "../src/db/sourceSql.ts";
+import { sealDays } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
 const exec = promisify(execFile);
@@ -36,7 +37,15 @@ async function doctor(): Promise<{ code: number; problems: { check_name: string;
   }
 }
 
-test("a healthy database is clean", async () => {
+test("finished days left unsealed are reported until they are sealed; then the database is clean", async () => {
+  // A partition two months back makes the chain start there, whatever today's date.
+  const { rows: [{ first }] } = await db.pool.query(
+    `select to_char(m, 'YYYY-MM-DD') as first from audit.create_partition((audit_private.current_month() - interval '2 months')::date),
+       lateral (select audit_private.current_month() - interval '2 months' as m) s`);
+  expect(await doctor()).toEqual({ code: 1, problems: [
+    { check_name: "seal_overdue", object: "audit.seals", problem: `finished days since ${first} are not sealed` },
+  ] });
+  await sealDays(db.pool, { archiveDir: dir, grace: "0" });
   expect(await doctor()).toEqual({ code: 0, problems: [] });
 });
 

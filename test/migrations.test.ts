@@ -1,4 +1,4 @@
-// The SQL sources (triggers/, partitions/, example/) and the committed migrations must never drift apart.
+// The SQL sources (triggers/, partitions/, reporting/, integrity/, example/) and the committed migrations must never drift apart.
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
@@ -25,7 +25,7 @@ test("the latest committed migration installs exactly the current SQL sources", 
   const expected = await sourceMigrationBody();
   if (body !== expected) {
     throw new Error(
-      `migrations/committed/${file} differs from triggers/, partitions/ and example/. ` +
+      `migrations/committed/${file} differs from the SQL sources (src/db/sourceSql.ts lists their folders). ` +
         "Commit the SQL sources as a new migration: npm run migration:commit -- \"why\"",
     );
   }

@@ -27,11 +27,13 @@ async function runJob(task: string): Promise<void> {
   await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, config()), logger: new Logger(() => () => {}) });
 }
 
-test("the schedule: partitions hourly, archiving daily, each with a job key so runs never pile up", () => {
+test("the schedule: upkeep hourly, coverage every 10 minutes, archiving daily, each with a job key so runs never pile up", () => {
   const items = parseCrontab(crontab);
   expect(items.map((item) => [item.task, item.options.jobKey, item.options.jobKeyMode])).toEqual([
     ["audit__ensure_partitions", "audit__ensure_partitions", "replace"],
     ["audit__summarize_activity", "audit__summarize_activity", "replace"],
+    ["audit__seal_days", "audit__seal_days", "replace"],
+    ["audit__check_coverage", "audit__check_coverage", "replace"],
     ["audit__archive_partitions", "audit__archive_partitions", "replace"],
   ]);
   // Minute 5 of every hour, and 03:15 every day (UTC).
@@ -42,8 +44,11 @@ test("the schedule: partitions hourly, archiving daily, each with a job key so r
   expect(items[0]!.match(at("2026-11-27T10:05:00Z"))).toBe(true);
   expect(items[0]!.match(at("2026-11-27T10:06:00Z"))).toBe(false);
   expect(items[1]!.match(at("2026-11-27T10:10:00Z"))).toBe(true);
-  expect(items[2]!.match(at("2026-11-27T03:15:00Z"))).toBe(true);
-  expect(items[2]!.match(at("2026-11-27T04:15:00Z"))).toBe(false);
+  expect(items[2]!.match(at("2026-11-27T10:20:00Z"))).toBe(true);
+  expect([0, 10, 50].map((min) => items[3]!.match(at(`2026-11-27T10:${String(min).padStart(2, "0")}:00Z`)))).toEqual([true, true, true]);
+  expect(items[3]!.match(at("2026-11-27T10:15:00Z"))).toBe(false);
+  expect(items[4]!.match(at("2026-11-27T03:15:00Z"))).toBe(true);
+  expect(items[4]!.match(at("2026-11-27T04:15:00Z"))).toBe(false);
 });
 
 test("audit__ensure_partitions keeps AUDIT_PREMAKE_MONTHS months ahead", async () => {
@@ -74,5 +79,9 @@ test("audit__archive_partitions archives every month older than the retention, a
     `select coalesce(sum(changes), 0)::int as n from audit.activity_daily where day = $1::date + 1`, [old]);
   expect(counted.n).toBe(100);
   expect((await db.pool.query(`select present from audit_private.partition_state($1::date)`, [recent])).rows[0].present).toBe(true);
-  expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`]);
+  // The month left sealed: its days are in audit.seals and in the copy beside the archive.
+  expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`, "seals"]);
+  const { rows: [seals] } = await db.pool.query(
+    `select count(*)::int as days, sum(rows)::int as rows from audit.seals where date_trunc('month', day) = $1::date`, [old]);
+  expect(seals).toEqual({ days: new Date(Date.UTC(Number(old.slice(0, 4)), Number(old.slice(5, 7)), 0)).getUTCDate(), rows: 100 });
 });

@@ -8,21 +8,30 @@ import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
 import { runMigrations } from "../db/migrate.ts";
 import { startServer } from "../http/app.ts";
+import { createLogger, LOG_LEVELS, type Logger } from "../log.ts";
+import { sealDays, verifySeals } from "../seals/seals.ts";
 import { startWorker } from "../worker/worker.ts";
 import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
 
-let shuttingDown = false;
-const log = (line: string) => {
-  // On Ctrl-C the terminal signals the embedded PostgreSQL too; its goodbyes to the worker are expected.
-  if (shuttingDown && line.startsWith("worker:")) return;
-  process.stderr.write(`cartop-audit: ${line}\n`);
-};
-
+let cliLogger: Logger | undefined;
+/** The process's structured logger (stderr); LOG_LEVEL is read on first use. */
+function logger(): Logger {
+  const level = (process.env.LOG_LEVEL ?? "").toLowerCase();
+  return (cliLogger ??= createLogger((LOG_LEVELS as readonly string[]).includes(level) ? level : "info"));
+}
+const log = (line: string) => logger().info(line);
 
 function nonNegativeInteger(text: string): number {
   const value = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(value)) throw new InvalidArgumentError("expected a whole number >= 0");
   return value;
+}
+
+function day(text: string): string {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(text) || Number.isNaN(Date.parse(`${text}T00:00:00Z`))) {
+    throw new InvalidArgumentError(`"${text}" is not a day: expected YYYY-MM-DD`);
+  }
+  return text;
 }
 
 function month(text: string): string {
@@ -57,7 +66,6 @@ async function runUntilSignalled(start: (onShutdown: (action: () => Promise<void
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down`);
-    shuttingDown = true;
     void shutdown().then(() => process.exit(0));
   };
   process.once("SIGINT", () => stop("SIGINT"));
@@ -97,15 +105,15 @@ export function buildProgram(): Command {
     onShutdown(() => database.stop());
     if (parts.migrate) await runMigrations(database.url, { log });
     if (parts.worker) {
-      const worker = await startWorker(database.url, config, log);
+      const worker = await startWorker(database.url, config, logger());
       onShutdown(() => worker.stop());
-      log("worker running (partitions hourly, archive daily)");
+      log("worker running (partitions, summary and seals hourly; coverage check every 10 minutes; archive daily)");
     }
     if (parts.api) {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
       const api = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
-        production: process.env.NODE_ENV === "production",
+        production: process.env.NODE_ENV === "production", logger: logger(),
       });
       onShutdown(() => api.close());
       const base = `http://localhost:${new URL(api.url).port}`;
@@ -224,6 +232,37 @@ export function buildProgram(): Command {
         return rows.length;
       });
       if (problems) process.exitCode = 1;
+    });
+
+  program
+    .command("seal")
+    .description("seal every finished day not sealed yet (the worker does this hourly)")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      await withDatabase(async (pool, config) => {
+        const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
+        printRows(sealed.map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest })), options, "nothing to seal");
+      });
+    });
+
+  program
+    .command("verify")
+    .description("recompute the seals of the audit trail and name the first day that no longer matches (exit 1)")
+    .option("--from <day>", "recompute rows from this day (YYYY-MM-DD)", day)
+    .option("--to <day>", "recompute rows up to this day (YYYY-MM-DD)", day)
+    .addOption(jsonOption())
+    .action(async (options: { from?: string; to?: string } & OutputOptions) => {
+      const report = await withDatabase((pool, config) =>
+        verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to }));
+      if (options.json) {
+        printResult({ ...report }, options);
+      } else {
+        const { problems, ...summary } = report;
+        printResult(summary, options);
+        if (problems.length) printRows(problems.map((p) => ({ ...p })), options);
+        else process.stdout.write("every sealed day matches its rows\n");
+      }
+      if (report.firstBadDay) process.exitCode = 1;
     });
 
   const partitions = program.command("partitions").description("monthly partitions of the audit trail");
@@ -355,7 +394,8 @@ export async function runCli(argv: string[]): Promise<number> {
     const e = error as { code?: string; exitCode?: number; message?: string };
     if (e.code === "commander.helpDisplayed" || e.code === "commander.help" || e.code === "commander.version") return 0;
     if (e.code?.startsWith("commander.")) return 2; // commander already printed the message
-    log(e.message ?? String(error));
+    // A failed command speaks to the person who ran it, in plain words (logs are for running services).
+    process.stderr.write(`cartop-audit: ${e.message ?? String(error)}\n`);
     return 1;
   }
 }

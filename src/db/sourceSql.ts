@@ -1,4 +1,4 @@
-// The SQL source of truth lives in triggers/, partitions/, reporting/ and example/ as idempotent files. A migration
+// The SQL source of truth lives in triggers/, partitions/, reporting/, integrity/ and example/ as idempotent files. A migration
 // that installs them is their concatenation, in the order of the files' numeric prefixes (unique across
 // the folders). `npm run migration:commit` writes it; test/migrations.test.ts fails when they drift.
 import { readdir, readFile } from "node:fs/promises";
@@ -6,7 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-export const sourceFolders = ["triggers", "partitions", "reporting", "example"] as const;
+export const sourceFolders = ["triggers", "partitions", "reporting", "integrity", "example"] as const;
 
 export interface SourceFile {
   /** Path relative to the project root, e.g. `triggers/06_tracking.sql`. */

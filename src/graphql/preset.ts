@@ -21,7 +21,12 @@ export interface PresetOptions {
   superuserConnectionString?: string;
   /** Hide internals of errors (production). */
   maskErrors?: boolean;
+  /** Told of every error returned to a client (for metrics and the log). */
+  onError?: ErrorReporter;
 }
+
+/** request: the document was invalid; rejected: the database refused (permission, constraint, raise); internal: a bug or outage. */
+export type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown, reference?: string) => void;
 
 const roles = { user: "cartop_user", auditor: "cartop_auditor" } as const;
 
@@ -93,7 +98,7 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
       graphiqlPath: "/graphiql",
       graphiql: true,
       watch: false,
-      maskError: (error) => maskError(error, options.maskErrors ?? false),
+      maskError: (error) => maskError(error, options.maskErrors ?? false, options.onError ?? (() => {})),
     },
   };
 }
@@ -103,18 +108,22 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
  * exception we raise on purpose) pass through with their message. Anything else, in production, becomes
  * a reference the operator can find in the log; no stack traces or internals reach the client.
  */
-function maskError(error: GraphQLError, production: boolean): GraphQLError {
+function maskError(error: GraphQLError, production: boolean, report: ErrorReporter): GraphQLError {
   const original = error.originalError as { code?: unknown } | undefined;
-  if (!original || original instanceof GraphQLError) return error;
+  if (!original || original instanceof GraphQLError) {
+    report("request", error);
+    return error;
+  }
   if (typeof original.code === "string" && /^(22|23|42501|P0001|28)/.test(original.code)) {
+    report("rejected", original);
     return new GraphQLError(original instanceof Error ? original.message : error.message, {
       nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
       extensions: { code: original.code },
     });
   }
-  if (!production) return error;
   const reference = randomUUID();
-  console.error(`graphql error ${reference}:`, original);
+  report("internal", original, reference);
+  if (!production) return error;
   return new GraphQLError(`An unexpected error occurred (reference ${reference})`, {
     nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
   });

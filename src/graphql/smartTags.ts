@@ -12,6 +12,8 @@ export const smartTagsPlugin = jsonPgSmartTags({
       "audit.archives": { tags: { behavior: ["-*"] } },
       "audit.tracked_tables": { tags: { behavior: ["-*"] } },
       "audit.coverage": { tags: { behavior: ["-*"] } },
+      "audit.seals": { tags: { behavior: ["-*"] } },
+      "audit.task_runs": { tags: { behavior: ["-*"] } },
       // Users are created through app.create_user (which hashes the password), not a raw insert.
       "app.users": { tags: { behavior: ["-insert"] } },
     },
@@ -27,7 +29,7 @@ export const smartTagsPlugin = jsonPgSmartTags({
       [
         "audit.set_context", "audit.enable_tracking", "audit.disable_tracking", "audit.ensure_partitions",
         "audit.create_partition", "audit.archivable_months", "audit.default_partition_months",
-        "audit.drain_default_partition", "audit.summarize_activity", "audit.coverage_problems", "app.hash_password",
+        "audit.drain_default_partition", "audit.summarize_activity", "audit.coverage_problems", "audit.sealable_days", "app.hash_password",
       ].map((name) => [name, { tags: { behavior: ["-*"] } }]),
       ),
     },

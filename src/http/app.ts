@@ -3,10 +3,13 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import express, { type NextFunction, type Request, type Response } from "express";
 import pg from "pg";
+import { pinoHttp } from "pino-http";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import type { Config } from "../config.ts";
 import { makePreset } from "../graphql/preset.ts";
+import { createLogger, withRequestContext, type Logger } from "../log.ts";
+import { createMetrics } from "../metrics.ts";
 import { identity, requestId, sendError } from "./identity.ts";
 import { documentChecks, MAX_DOCUMENT_BYTES, requestRate } from "./limits.ts";
 
@@ -15,7 +18,9 @@ export interface ServerOptions {
   databaseUrl: string;
   /** Connection for API queries; defaults to databaseUrl (queries still run as the role the JWT selects). */
   authenticatorUrl?: string;
-  config: Pick<Config, "port" | "jwtSecret" | "trustProxy" | "rateLimitPerMinute">;
+  config: Pick<Config, "port" | "jwtSecret" | "trustProxy" | "rateLimitPerMinute"> & Partial<Pick<Config, "metricsToken">>;
+  /** Where request and error lines go; default: nothing is logged. */
+  logger?: Logger;
   production?: boolean;
   /** Rate-limit window; a minute unless a test shortens it. */
   rateLimitWindowMs?: number;
@@ -33,8 +38,37 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.disable("x-powered-by");
   app.set("trust proxy", config.trustProxy);
 
+  const logger = options.logger ?? createLogger("silent");
+
+  // Our own pools, so that close() can wait until every connection is gone.
+  const apiPool = new pg.Pool({ connectionString: options.authenticatorUrl ?? options.databaseUrl, max: 10 });
+  const ownerPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
   const healthPool = new pg.Pool({ connectionString: options.databaseUrl, max: 1 });
-  healthPool.on("error", () => {});
+  for (const pool of [apiPool, ownerPool, healthPool]) {
+    pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
+    pool.on("connect", (client) => client.on("error", () => {}));
+  }
+  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger);
+
+  app.use(requestId);
+  // Everything logged while handling the request, by any code, carries its request id.
+  app.use((req, _res, next) => withRequestContext({ requestId: requestIdOf(req) }, next));
+  app.use(pinoHttp({
+    logger,
+    genReqId: requestIdOf,
+    quietReqLogger: true,
+    customAttributeKeys: { reqId: "requestId" },
+    // Method, path and client only: no headers (Authorization), no query string, no body (passwords).
+    serializers: {
+      req: (req: { method: string; url: string; remoteAddress?: string }) =>
+        ({ method: req.method, path: req.url.split("?")[0], remoteAddress: req.remoteAddress }),
+      res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+    },
+    customLogLevel: (_req, res, error) => (error || res.statusCode >= 500 ? "error" : res.statusCode >= 400 ? "warn" : "info"),
+    autoLogging: { ignore: (req) => req.url === "/healthz" || req.url === "/metrics" },
+  }));
+  app.use(timeRequests(metrics.observeRequest));
+
   app.get("/healthz", async (_req, res) => {
     try {
       await healthPool.query("select 1");
@@ -43,27 +77,31 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       res.status(503).json({ status: "unavailable", error: (error as Error).message });
     }
   });
+  app.get("/metrics", async (req, res) => {
+    if (config.metricsToken && req.get("authorization") !== `Bearer ${config.metricsToken}`) {
+      return sendError(res, 401, "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'");
+    }
+    res.type("text/plain; version=0.0.4; charset=utf-8").send(await metrics.render());
+  });
 
-  app.use(requestId);
   app.use("/graphql", requestRate(config.rateLimitPerMinute, options.rateLimitWindowMs));
   app.use("/graphql", express.json({ limit: MAX_DOCUMENT_BYTES }));
   app.use("/graphql", identity(config.jwtSecret));
   app.use("/graphql", documentChecks);
+  app.use("/graphql", countRejectedDocuments(() => metrics.countGraphqlError("request")));
   app.use("/graphiql", identity(config.jwtSecret));
 
-  // Our own pools, so that close() can wait until every connection is gone.
-  const apiPool = new pg.Pool({ connectionString: options.authenticatorUrl ?? options.databaseUrl, max: 10 });
-  const ownerPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
-  for (const pool of [apiPool, ownerPool]) {
-    pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
-    pool.on("connect", (client) => client.on("error", () => {}));
-  }
   const pgl = postgraphile(makePreset({
     connectionString: options.authenticatorUrl ?? options.databaseUrl,
     pool: apiPool,
     superuserPool: ownerPool,
     superuserConnectionString: options.databaseUrl,
     maskErrors: options.production,
+    onError(kind, error, reference) {
+      metrics.countGraphqlError(kind);
+      if (kind === "internal") logger.error({ err: error, reference }, "GraphQL request failed");
+      else logger.debug({ kind, message: (error as Error).message }, "GraphQL error returned to the client");
+    },
   }));
   const serv = pgl.createServ(grafserv);
   const server = http.createServer(app);
@@ -74,6 +112,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (res.headersSent) return next(error);
     if (error.type === "entity.too.large") return sendError(res, 413, `request body larger than ${MAX_DOCUMENT_BYTES} bytes`);
     if (error.status && error.status < 500) return sendError(res, error.status, `bad request: ${error.message}`);
+    logger.error({ err: error }, "request failed");
     return sendError(res, 500, "internal error");
   });
 
@@ -89,5 +128,40 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await ownerPool.end();
       await healthPool.end();
     },
+  };
+}
+
+function requestIdOf(req: http.IncomingMessage): string {
+  return (req as Request & { requestId: string }).requestId;
+}
+
+const knownRoutes = new Set(["/graphql", "/graphiql", "/healthz", "/metrics"]);
+
+/** Times every response by route (unknown paths are one label, so clients cannot create series at will). */
+function timeRequests(observe: (route: string, method: string, status: number, seconds: number) => void) {
+  return (req: Request, res: Response, next: NextFunction) => {
+    const started = process.hrtime.bigint();
+    res.on("finish", () => {
+      const route = knownRoutes.has(req.path) ? req.path : "other";
+      observe(route, req.method, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9);
+    });
+    next();
+  };
+}
+
+/**
+ * Documents that fail to parse or validate never reach maskError: grafserv answers them with a payload of
+ * only `errors` (no `data` key). Count those responses; everything else is counted in maskError.
+ */
+function countRejectedDocuments(count: () => void) {
+  return (_req: Request, res: Response, next: NextFunction) => {
+    const end = res.end.bind(res) as (...args: unknown[]) => Response;
+    res.end = ((...args: unknown[]) => {
+      const body = args[0];
+      const text = typeof body === "string" ? body : Buffer.isBuffer(body) ? body.toString("utf8", 0, Math.min(body.length, 4096)) : "";
+      if (text.startsWith('{"errors":') && !(Buffer.isBuffer(body) ? body.includes('"data":') : text.includes('"data":'))) count();
+      return end(...args);
+    }) as Response["end"];
+    next();
   };
 }

@@ -1,51 +1,94 @@
-// graphile-worker tasks and their schedule. Each task is a thin call into SQL or src/archive.
-import type { Task, TaskList } from "graphile-worker";
+// graphile-worker tasks and their schedule. Each task is a thin call into SQL, src/archive or src/seals,
+// and every run is recorded in audit.task_runs (what /metrics reports, whichever process runs the worker).
+import type { JobHelpers, Task, TaskList } from "graphile-worker";
 import type pg from "pg";
 import { archiveMonth } from "../archive/archive.ts";
 import type { Config } from "../config.ts";
+import { sealDays } from "../seals/seals.ts";
 
 /**
  * Schedule (UTC, graphile-worker crontab syntax). A job key means a run that is already queued is
  * replaced rather than duplicated; `fill` backfills a run missed while the worker was down.
  * - hourly at :05, keep AUDIT_PREMAKE_MONTHS months of partitions ahead;
  * - hourly at :10, summarise finished days for audit.activity_daily;
- * - daily at 03:15, archive months older than AUDIT_RETENTION_MONTHS.
+ * - hourly at :20, seal finished days (a day is sealed about an hour after it ends);
+ * - every 10 minutes, the capture-coverage check (audit.coverage_problems);
+ * - daily at 03:15, seal, then archive months older than AUDIT_RETENTION_MONTHS.
  */
 export const crontab = [
   "5 * * * * audit__ensure_partitions ?fill=2h&jobKey=audit__ensure_partitions&jobKeyMode=replace",
   "10 * * * * audit__summarize_activity ?fill=2h&jobKey=audit__summarize_activity&jobKeyMode=replace",
+  "20 * * * * audit__seal_days ?fill=2h&jobKey=audit__seal_days&jobKeyMode=replace",
+  "*/10 * * * * audit__check_coverage ?jobKey=audit__check_coverage&jobKeyMode=replace",
   "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace",
 ].join("\n");
 
-export function makeTasks(pool: pg.Pool, config: Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">): TaskList {
-  const ensurePartitions: Task = async (_payload, helpers) => {
-    const { rows } = await pool.query<{ name: string }>("select * from audit.ensure_partitions($1) as name", [config.premakeMonths]);
-    helpers.logger.info(rows.length ? `created partitions ${rows.map((r) => r.name).join(", ")}` : "partitions are ahead");
-  };
+type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">;
 
-  const summarizeActivity: Task = async (_payload, helpers) => {
-    const { rows } = await pool.query<{ written: number }>("select audit.summarize_activity() as written");
-    helpers.logger.info(`activity summary: ${rows[0]!.written} rows written`);
-  };
-
-  const archivePartitions: Task = async (_payload, helpers) => {
-    // Counts of a month must be summarised before its rows leave the database.
-    await pool.query("select audit.summarize_activity()");
-    const { rows } = await pool.query<{ month: string }>(
-      "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m", [config.retentionMonths]);
-    // Also finish runs that were interrupted after their partition left audit.partitions.
-    const { rows: unfinished } = await pool.query<{ month: string }>(
-      "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status in ('verified', 'detached')");
-    const months = [...new Set([...rows, ...unfinished].map((r) => r.month))].sort();
-    for (const month of months) {
-      const result = await archiveMonth(pool, month, { dir: config.archiveDir });
-      helpers.logger.info(`archived ${result.month}: ${result.rows} rows → ${result.file}`);
+/** Records each run (success with its result, or failure with its error, which graphile-worker then retries). */
+function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Promise<object>): Task {
+  return async (_payload, helpers) => {
+    const startedAt = new Date();
+    let result: object;
+    try {
+      result = await run(helpers);
+    } catch (error) {
+      await pool.query(
+        "insert into audit.task_runs (task, started_at, succeeded, error) values ($1, $2, false, $3)",
+        [name, startedAt, (error as Error).message || String(error)]);
+      throw error;
     }
+    await pool.query("insert into audit.task_runs (task, started_at, succeeded, result) values ($1, $2, true, $3)",
+      [name, startedAt, JSON.stringify(result)]);
+  };
+}
+
+export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList {
+  const sealFinishedDays = async (helpers: JobHelpers) => {
+    const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
+    if (sealed.length) helpers.logger.info(`sealed ${sealed.map((s) => `${s.day} (${s.rows} rows)`).join(", ")}`);
+    return { sealed: sealed.map((s) => s.day) };
   };
 
   return {
-    audit__ensure_partitions: ensurePartitions,
-    audit__summarize_activity: summarizeActivity,
-    audit__archive_partitions: archivePartitions,
+    audit__ensure_partitions: recorded(pool, "audit__ensure_partitions", async (helpers) => {
+      const { rows } = await pool.query<{ name: string }>("select * from audit.ensure_partitions($1) as name", [config.premakeMonths]);
+      helpers.logger.info(rows.length ? `created partitions ${rows.map((r) => r.name).join(", ")}` : "partitions are ahead");
+      return { created: rows.map((r) => r.name) };
+    }),
+
+    audit__summarize_activity: recorded(pool, "audit__summarize_activity", async (helpers) => {
+      const { rows } = await pool.query<{ written: number }>("select audit.summarize_activity() as written");
+      helpers.logger.info(`activity summary: ${rows[0]!.written} rows written`);
+      return { written: rows[0]!.written };
+    }),
+
+    audit__seal_days: recorded(pool, "audit__seal_days", sealFinishedDays),
+
+    audit__check_coverage: recorded(pool, "audit__check_coverage", async (helpers) => {
+      const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
+        "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
+      for (const p of rows) helpers.logger.warn(`coverage: ${p.check_name} ${p.object}: ${p.problem}`);
+      return { problems: rows };
+    }),
+
+    audit__archive_partitions: recorded(pool, "audit__archive_partitions", async (helpers) => {
+      // A month leaves the database summarised and sealed.
+      await pool.query("select audit.summarize_activity()");
+      await sealFinishedDays(helpers);
+      const { rows } = await pool.query<{ month: string }>(
+        "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m", [config.retentionMonths]);
+      // Also finish runs that were interrupted after their partition left audit.partitions.
+      const { rows: unfinished } = await pool.query<{ month: string }>(
+        "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status in ('verified', 'detached')");
+      const months = [...new Set([...rows, ...unfinished].map((r) => r.month))].sort();
+      const archived = [];
+      for (const month of months) {
+        const result = await archiveMonth(pool, month, { dir: config.archiveDir });
+        helpers.logger.info(`archived ${result.month}: ${result.rows} rows → ${result.file}`);
+        archived.push({ month: result.month, rows: result.rows });
+      }
+      return { archived };
+    }),
   };
 }

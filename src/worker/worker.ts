@@ -1,22 +1,30 @@
 // The graphile-worker runner: in-process with `start`, standalone with `cartop-audit worker`.
-import { Logger, run, type Runner } from "graphile-worker";
+import { Logger as WorkerLogger, run, type Runner } from "graphile-worker";
 import pg from "pg";
 import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
 import { crontab, makeTasks } from "./tasks.ts";
 
 export interface RunningWorker {
   stop(): Promise<void>;
 }
 
-export async function startWorker(databaseUrl: string, config: Config, log: (line: string) => void): Promise<RunningWorker> {
+/** graphile-worker's log lines as structured lines of ours, with the job's scope (task, job id) as fields. */
+export function workerLogger(logger: Logger): WorkerLogger {
+  const worker = logger.child({ component: "worker" });
+  return new WorkerLogger((scope) => (level, message, meta) => {
+    const fields = { taskIdentifier: scope.taskIdentifier, jobId: scope.jobId, ...(meta?.error ? { err: meta.error } : {}) };
+    const method = level === "error" ? "error" : level === "warning" ? "warn" : level === "debug" ? "debug" : "info";
+    worker[method](fields, message);
+  });
+}
+
+export async function startWorker(databaseUrl: string, config: Config, logger: Logger): Promise<RunningWorker> {
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   // A connection lost while idle is replaced on next use; log it rather than crash the process.
-  const lost = (error: Error) => log(`worker: database connection lost: ${error.message}`);
+  const lost = (error: Error) => logger.warn({ component: "worker", err: error }, "database connection lost");
   pool.on("error", lost);
   pool.on("connect", (client) => client.on("error", lost));
-  const logger = new Logger(() => (level, message) => {
-    if (level !== "debug" || config.logLevel === "debug") log(`worker: ${message}`);
-  });
   let runner: Runner;
   try {
     runner = await run({
@@ -26,10 +34,11 @@ export async function startWorker(databaseUrl: string, config: Config, log: (lin
       concurrency: 1,
       noHandleSignals: true,
       pollInterval: 2000,
-      logger,
+      logger: workerLogger(logger),
     });
-    // Premake at start too, not only at the next hour.
+    // Premake and check coverage at start too, not only on the schedule.
     await runner.addJob("audit__ensure_partitions", {}, { jobKey: "audit__ensure_partitions", jobKeyMode: "replace" });
+    await runner.addJob("audit__check_coverage", {}, { jobKey: "audit__check_coverage", jobKeyMode: "replace" });
   } catch (error) {
     await pool.end();
     throw error;

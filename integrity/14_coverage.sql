@@ -39,9 +39,14 @@ as $$
   -- Rows waiting in the default partition.
   select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
   from audit.default_partition_months() d
+  union all
+  -- Finished days left unsealed (the worker seals each day about an hour after it ends).
+  select 'seal_overdue', 'audit.seals', format('finished days since %s are not sealed', s.first_unsealed)
+  from (select audit_private.seal_chain_start() as first_unsealed) s
+  where s.first_unsealed < (now() at time zone 'UTC')::date - 1
 $$;
 
-comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition); empty when healthy';
+comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
 create or replace view audit.coverage as select * from audit.coverage_problems(1);
 comment on view audit.coverage is 'Problems in audit capture coverage with one month premade ahead; empty when healthy';

@@ -1,0 +1,176 @@
+// Prometheus metrics for GET /metrics. Two kinds:
+// - this process's own: HTTP/GraphQL latency and errors, database pool use, Node's process metrics;
+// - the system's, read from the database at each scrape: audit rows written, partitions, archives,
+//   seals, the worker's task runs, queue and last coverage check. The worker may run in another process;
+//   what it did is in audit.task_runs, so one scrape of the API sees everything.
+// Metric names are documented in the README; ops/prometheus-alerts.yml alerts on the important ones.
+import type pg from "pg";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Logger } from "./log.ts";
+
+const PREFIX = "cartop_audit_";
+
+export interface WatchedPool {
+  name: string;
+  pool: pg.Pool;
+}
+
+export interface Metrics {
+  registry: Registry;
+  /** Observes one HTTP request (route is one of the known paths, or "other"). */
+  observeRequest(route: string, method: string, status: number, seconds: number): void;
+  /** Counts one GraphQL error by kind: "request" (invalid document), "rejected" (by the database), "internal". */
+  countGraphqlError(kind: "request" | "rejected" | "internal"): void;
+  /** Reads the database-derived values, then renders everything in the Prometheus text format. */
+  render(): Promise<string>;
+}
+
+// Everything read from the database in one round trip, as of one snapshot.
+const SYSTEM_SQL = `
+select
+  (select coalesce(jsonb_agg(jsonb_build_object('table', t.schema_name || '.' || t.table_name,
+            'action', audit_private.action_name(r.action), 'rows', r.rows)), '[]')
+     from (select table_id, action, sum(n) as rows
+             from (select table_id, action, sum(changes) as n from audit_private.activity_summary group by 1, 2
+                   union all
+                   select table_id, action, count(*) from audit_private.log_entries
+                    where created_at >= audit_private.activity_live_from() group by 1, 2) both_parts
+            group by 1, 2) r
+     join audit_private.tables t on t.id = r.table_id) as rows_written,
+  (select coalesce(jsonb_agg(jsonb_build_object('partition', partition_name, 'bytes', total_bytes, 'is_default', is_default,
+            'range_start', range_start)), '[]') from audit.partitions) as partitions,
+  (select count(*) from audit.log_default) as default_rows,
+  (select coalesce(jsonb_object_agg(status, n), '{}') from (select status, count(*) as n from audit.archives group by 1) a) as archives,
+  (select coalesce(jsonb_agg(jsonb_build_object('task', task, 'succeeded', succeeded, 'runs', runs, 'last', last)), '[]')
+     from (select task, succeeded, count(*) as runs, extract(epoch from max(finished_at)) as last
+             from audit.task_runs group by 1, 2) r) as task_runs,
+  (select jsonb_build_object('at', extract(epoch from finished_at), 'result', result) from audit.task_runs
+    where task = 'audit__check_coverage' and succeeded order by finished_at desc limit 1) as coverage,
+  (select extract(epoch from max(day)::timestamp at time zone 'UTC') from audit.seals) as last_sealed_day,
+  greatest((now() at time zone 'UTC')::date - audit_private.seal_chain_start(), 0) as unsealed_days,
+  to_regclass('graphile_worker._private_jobs') is not null as worker_installed`;
+
+const WORKER_JOBS_SQL = `
+select count(*) filter (where locked_at is null and attempts = 0) as waiting,
+       count(*) filter (where locked_at is not null) as locked,
+       count(*) filter (where locked_at is null and attempts > 0 and attempts < max_attempts) as failing,
+       count(*) filter (where attempts >= max_attempts) as dead
+from graphile_worker._private_jobs`;
+
+interface SystemRow {
+  rows_written: { table: string; action: string; rows: number }[];
+  partitions: { partition: string; bytes: number; is_default: boolean; range_start: string | null }[];
+  default_rows: string;
+  archives: Record<string, number>;
+  task_runs: { task: string; succeeded: boolean; runs: number; last: number }[];
+  coverage: { at: number; result: { problems: { check_name: string }[] } } | null;
+  last_sealed_day: string | null;
+  unsealed_days: number;
+  worker_installed: boolean;
+}
+
+/** Months with a partition after the current one, without a gap. */
+function monthsAhead(partitions: SystemRow["partitions"], now = new Date()): number {
+  const starts = new Set(partitions.filter((p) => !p.is_default && p.range_start).map((p) => new Date(p.range_start!).toISOString().slice(0, 7)));
+  let ahead = 0;
+  for (;;) {
+    const month = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + ahead + 1, 1)).toISOString().slice(0, 7);
+    if (!starts.has(month)) return ahead;
+    ahead++;
+  }
+}
+
+export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger: Logger): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const gauge = (name: string, help: string, labelNames: string[] = []) =>
+    new Gauge({ name: PREFIX + name, help, labelNames, registers: [registry] });
+  const counter = (name: string, help: string, labelNames: string[] = []) =>
+    new Counter({ name: PREFIX + name, help, labelNames, registers: [registry] });
+
+  const requestDuration = new Histogram({
+    name: `${PREFIX}http_request_duration_seconds`,
+    help: "HTTP request latency by route, method and status (route /graphql is the GraphQL API)",
+    labelNames: ["route", "method", "status"],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry],
+  });
+  const graphqlErrors = counter("graphql_errors_total", "GraphQL errors returned, by kind: request (invalid document), rejected (by the database: permission, constraint), internal", ["kind"]);
+  for (const kind of ["request", "rejected", "internal"]) graphqlErrors.inc({ kind }, 0);
+
+  const poolConnections = gauge("db_pool_connections", "Database pool connections of this process by pool and state (total, idle, waiting clients)", ["pool", "state"]);
+  const databaseUp = gauge("database_up", "1 if the last scrape could read the system metrics from the database, else 0");
+  const rowsWritten = counter("rows_written_total", "Audit rows written, by audited table and action (INSERT, UPDATE, DELETE, TRUNCATE); archived months included", ["table", "action"]);
+  const partitionCount = gauge("partitions", "Monthly partitions of the audit trail attached now (the default partition not counted)");
+  const partitionMonthsAhead = gauge("partition_months_ahead", "Months after the current one that already have a partition (AUDIT_PREMAKE_MONTHS is the target)");
+  const defaultRows = gauge("default_partition_rows", "Audit rows in the default partition (whose month had no partition); should be 0");
+  const partitionBytes = gauge("partition_bytes", "Size of each partition, indexes included", ["partition"]);
+  const archives = gauge("archived_months", "Months in audit.archives by status (archived, restored, or a step still in progress)", ["status"]);
+  const taskRuns = counter("task_runs_total", "Runs of the worker's scheduled tasks by task and outcome (success, failure)", ["task", "outcome"]);
+  const taskLastSuccess = gauge("task_last_success_timestamp_seconds", "When each worker task last succeeded (Unix time)", ["task"]);
+  const coverageProblems = gauge("coverage_problems", "Problems the worker's last capture-coverage check found, by check (audit.coverage)", ["check"]);
+  const coverageCheckedAt = gauge("coverage_checked_timestamp_seconds", "When the worker last ran the capture-coverage check (Unix time)");
+  const lastSealedDay = gauge("last_sealed_day_timestamp_seconds", "Start of the last sealed UTC day (Unix time)");
+  const unsealedDays = gauge("unsealed_days", "Finished UTC days not sealed yet (0 normally; 1 in the hour after midnight, before the day is sealed)");
+  const workerJobs = gauge("worker_jobs", "graphile-worker jobs by state: waiting, locked (running), failing (will retry), dead (out of attempts)", ["state"]);
+
+  async function readSystem(): Promise<void> {
+    const { rows: [row] } = await ownerPool.query<SystemRow>(SYSTEM_SQL);
+    const system = row!;
+    rowsWritten.reset();
+    for (const r of system.rows_written) rowsWritten.inc({ table: r.table, action: r.action }, Number(r.rows));
+    const monthly = system.partitions.filter((p) => !p.is_default);
+    partitionCount.set(monthly.length);
+    partitionMonthsAhead.set(monthsAhead(system.partitions));
+    defaultRows.set(Number(system.default_rows));
+    partitionBytes.reset();
+    for (const p of system.partitions) partitionBytes.set({ partition: p.partition }, Number(p.bytes));
+    archives.reset();
+    for (const [status, n] of Object.entries(system.archives)) archives.set({ status }, Number(n));
+    taskRuns.reset();
+    taskLastSuccess.reset();
+    for (const t of system.task_runs) {
+      taskRuns.inc({ task: t.task, outcome: t.succeeded ? "success" : "failure" }, Number(t.runs));
+      if (t.succeeded) taskLastSuccess.set({ task: t.task }, Number(t.last));
+    }
+    coverageProblems.reset();
+    if (system.coverage) {
+      coverageCheckedAt.set(Number(system.coverage.at));
+      for (const check of ["tracked_table_missing", "capture_trigger_missing", "capture_trigger_disabled", "foreign_capture_trigger",
+        "partition_missing", "default_partition_rows", "seal_overdue"]) coverageProblems.set({ check }, 0);
+      for (const problem of system.coverage.result.problems) coverageProblems.inc({ check: problem.check_name });
+    }
+    if (system.last_sealed_day !== null) lastSealedDay.set(Number(system.last_sealed_day));
+    unsealedDays.set(Number(system.unsealed_days));
+    workerJobs.reset();
+    if (system.worker_installed) {
+      const { rows: [jobs] } = await ownerPool.query<Record<string, string>>(WORKER_JOBS_SQL);
+      for (const [state, n] of Object.entries(jobs!)) workerJobs.set({ state }, Number(n));
+    }
+  }
+
+  return {
+    registry,
+    observeRequest(route, method, status, seconds) {
+      requestDuration.observe({ route, method, status: String(status) }, seconds);
+    },
+    countGraphqlError(kind) {
+      graphqlErrors.inc({ kind });
+    },
+    async render() {
+      for (const { name, pool } of watched) {
+        poolConnections.set({ pool: name, state: "total" }, pool.totalCount);
+        poolConnections.set({ pool: name, state: "idle" }, pool.idleCount);
+        poolConnections.set({ pool: name, state: "waiting" }, pool.waitingCount);
+      }
+      try {
+        await readSystem();
+        databaseUp.set(1);
+      } catch (error) {
+        logger.warn({ err: error }, "metrics: cannot read the system metrics from the database");
+        databaseUp.set(0);
+      }
+      return registry.metrics();
+    },
+  };
+}

@@ -1,0 +1,260 @@
+// Tamper-evident seals (integrity/13_seals.sql): seal each finished UTC day of the trail with a digest of
+// its rows chained to the previous day's seal, keep a copy of every seal in the archive directory, and
+// verify both against the rows.
+//
+// The digest query lives here, not in the database, so that verifying does not trust code stored in the
+// database being verified.
+import { createHash } from "node:crypto";
+import { appendFile, mkdir, readdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import type pg from "pg";
+import { fsyncFile } from "../archive/files.ts";
+
+/** Version of the digest definitions below; stored with each seal. Changing them means a new format. */
+export const SEAL_FORMAT = 1;
+
+/**
+ * Format 1: rows_digest = SHA-256 of the concatenated SHA-256 digests of every row of the day in id order,
+ * each row being the JSON array of its stored columns. Times are written in UTC and inet/"char" as text,
+ * so the digest does not depend on session settings. ~32 bytes per row are aggregated in memory.
+ */
+const DAY_DIGEST_SQL = `
+  select count(*)::bigint as rows,
+         encode(sha256(coalesce(string_agg(sha256(convert_to(jsonb_build_array(
+           id, created_at at time zone 'UTC', tx_id, table_id, action::text, entity_id, old_entity_id,
+           row_data, delta, user_id, user_email, ip_address::text, user_agent, request_id, metadata,
+           db_user, application_name)::text, 'UTF8')), ''::bytea order by id), ''::bytea)), 'hex') as digest
+  from audit_private.log_entries
+  where created_at >= ($1::date)::timestamp at time zone 'UTC'
+    and created_at < ($1::date + 1)::timestamp at time zone 'UTC'`;
+
+export interface Seal {
+  day: string; // YYYY-MM-DD (UTC)
+  rows: number;
+  rows_digest: string;
+  previous_digest: string | null;
+  seal_digest: string;
+  format: number;
+  sealed_at: string;
+}
+
+type SealFields = Pick<Seal, "day" | "rows" | "rows_digest" | "previous_digest" | "format">;
+
+/** The chain link: what the next day's seal points to. */
+export function sealDigest(seal: SealFields): string {
+  const text = [`cartop-audit seal v${seal.format}`, seal.day, seal.rows, seal.rows_digest, seal.previous_digest ?? ""].join("\n");
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** Rows and digest of one UTC day as the trail holds it now. */
+export async function dayDigest(db: pg.Pool | pg.PoolClient, day: string): Promise<{ rows: number; digest: string }> {
+  const { rows } = await db.query<{ rows: string; digest: string }>(DAY_DIGEST_SQL, [day]);
+  return { rows: Number(rows[0]!.rows), digest: rows[0]!.digest };
+}
+
+const SEAL_COLUMNS = `to_char(day, 'YYYY-MM-DD') as day, rows::integer as rows, rows_digest, previous_digest, seal_digest, format,
+  to_char(sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as sealed_at`;
+
+export async function sealsInDatabase(db: pg.Pool | pg.PoolClient): Promise<Seal[]> {
+  return (await db.query<Seal>(`select ${SEAL_COLUMNS} from audit.seals order by day`)).rows;
+}
+
+// ---- the copy in the archive directory: seals/YYYY-MM.jsonl, one line per day, only ever appended ----
+
+function sealDir(archiveDir: string): string {
+  return path.join(archiveDir, "seals");
+}
+
+export async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal>> {
+  const found = new Map<string, Seal>();
+  const names = await readdir(sealDir(archiveDir)).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return [] as string[];
+    throw error;
+  });
+  for (const name of names.filter((n) => /^\d{4}-\d{2}\.jsonl$/.test(n)).sort()) {
+    const lines = (await readFile(path.join(sealDir(archiveDir), name), "utf8")).split("\n").filter(Boolean);
+    for (const [index, line] of lines.entries()) {
+      let seal: Seal;
+      try {
+        seal = JSON.parse(line) as Seal;
+      } catch {
+        throw new Error(`seals/${name} line ${index + 1} is not JSON`);
+      }
+      if (!found.has(seal.day)) found.set(seal.day, seal);
+    }
+  }
+  return found;
+}
+
+/** Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the copy). */
+async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<number> {
+  const inFiles = await sealsInFiles(archiveDir);
+  const missing = seals.filter((seal) => !inFiles.has(seal.day));
+  if (!missing.length) return 0;
+  await mkdir(sealDir(archiveDir), { recursive: true });
+  const touched = new Set<string>();
+  for (const seal of missing) {
+    const file = path.join(sealDir(archiveDir), `${seal.day.slice(0, 7)}.jsonl`);
+    await appendFile(file, `${JSON.stringify(seal)}\n`);
+    touched.add(file);
+  }
+  for (const file of touched) await fsyncFile(file);
+  return missing.length;
+}
+
+// ---- sealing ----
+
+export interface SealOptions {
+  archiveDir: string;
+  /** How long after midnight (UTC) a day waits before it is sealed; default one hour. */
+  grace?: string;
+  onSealed?: (seal: Seal) => void;
+}
+
+/** Seals every sealable day, oldest first; each seal commits on its own, so an interrupted run keeps what it did. */
+export async function sealDays(pool: pg.Pool, options: SealOptions): Promise<Seal[]> {
+  const sealed: Seal[] = [];
+  const { rows: days } = await pool.query<{ day: string }>(
+    "select to_char(d, 'YYYY-MM-DD') as day from audit.sealable_days($1::interval) as d", [options.grace ?? "1 hour"]);
+  for (const { day } of days) {
+    const client = await pool.connect();
+    try {
+      await client.query("begin");
+      // Serialises sealers (worker and CLI); writers of the trail never touch this table.
+      await client.query("lock table audit.seals in share row exclusive mode");
+      const { rows: last } = await client.query<{ day: string; seal_digest: string }>(
+        "select to_char(day, 'YYYY-MM-DD') as day, seal_digest from audit.seals order by day desc limit 1");
+      if (last[0] && last[0].day >= day) {
+        await client.query("rollback"); // another sealer got here first
+        continue;
+      }
+      await client.query("set local work_mem = '256MB'"); // the ordered aggregate sorts in memory
+      const { rows, digest } = await dayDigest(client, day);
+      const fields: SealFields = { day, rows, rows_digest: digest, previous_digest: last[0]?.seal_digest ?? null, format: SEAL_FORMAT };
+      const { rows: inserted } = await client.query<Seal>(
+        `insert into audit.seals (day, rows, rows_digest, previous_digest, seal_digest, format)
+         values ($1, $2, $3, $4, $5, $6) returning ${SEAL_COLUMNS}`,
+        [day, rows, digest, fields.previous_digest, sealDigest(fields), SEAL_FORMAT]);
+      await client.query("commit");
+      sealed.push(inserted[0]!);
+      options.onSealed?.(inserted[0]!);
+    } catch (error) {
+      await client.query("rollback").catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+  // Also copies seals committed by a run that stopped before writing its files.
+  await copySealsToFiles(options.archiveDir, await sealsInDatabase(pool));
+  return sealed;
+}
+
+// ---- verifying ----
+
+export interface SealProblem {
+  day: string;
+  problem: string;
+}
+
+export interface VerifyReport {
+  sealedDays: number;
+  /** Days whose rows were recomputed and matched. */
+  checkedDays: number;
+  /** Sealed days whose month is archived (its file is checked by `partitions verify`). */
+  archivedDays: number;
+  firstSealedDay: string | null;
+  lastSealedDay: string | null;
+  problems: SealProblem[];
+  /** The earliest day with a problem: where the trail stops being trustworthy. */
+  firstBadDay: string | null;
+}
+
+export interface VerifyOptions {
+  archiveDir: string;
+  /** Only recompute rows for days in [from, to] (the chain and the copies are always checked in full). */
+  from?: string;
+  to?: string;
+  onDay?: (day: string) => void;
+}
+
+const sameSeal = (a: Seal, b: Seal) =>
+  a.rows === b.rows && a.rows_digest === b.rows_digest && a.previous_digest === b.previous_digest &&
+  a.seal_digest === b.seal_digest && a.format === b.format;
+
+/** Recomputes the chain, compares it with the copy in the archive directory and recomputes every day's rows. */
+export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promise<VerifyReport> {
+  const problems: SealProblem[] = [];
+  const seals = await sealsInDatabase(pool);
+  const files = await sealsInFiles(options.archiveDir);
+  const { rows: archived } = await pool.query<{ month: string }>(
+    "select to_char(month, 'YYYY-MM') as month from audit.archives where status in ('detached', 'archived')");
+  const archivedMonths = new Set(archived.map((r) => r.month));
+
+  let previous: Seal | undefined;
+  for (const seal of seals) {
+    if (previous && seal.day !== nextDay(previous.day)) {
+      problems.push({ day: nextDay(previous.day), problem: `no seal between ${previous.day} and ${seal.day} (seals were deleted)` });
+    }
+    if (seal.previous_digest !== (previous?.seal_digest ?? null)) {
+      problems.push({ day: seal.day, problem: "seal does not link to the previous day's seal (the chain was rewritten)" });
+    }
+    if (seal.format !== SEAL_FORMAT) {
+      problems.push({ day: seal.day, problem: `seal format ${seal.format} is not one this version computes (${SEAL_FORMAT})` });
+    } else if (seal.seal_digest !== sealDigest(seal)) {
+      problems.push({ day: seal.day, problem: "seal digest does not match its own fields (the seal was edited)" });
+    }
+    const copy = files.get(seal.day);
+    if (!copy) problems.push({ day: seal.day, problem: "no copy of this seal in the archive directory" });
+    else if (!sameSeal(seal, copy)) problems.push({ day: seal.day, problem: "seal differs from its copy in the archive directory" });
+    previous = seal;
+  }
+  const inDatabase = new Set(seals.map((s) => s.day));
+  for (const day of files.keys()) {
+    if (!inDatabase.has(day)) problems.push({ day, problem: "sealed in the archive directory, but the seal is gone from audit.seals" });
+  }
+
+  let checkedDays = 0;
+  let archivedDays = 0;
+  const client = await pool.connect();
+  try {
+    // One snapshot for every day: rows moving between days during the check cannot be counted twice.
+    await client.query("begin isolation level repeatable read read only");
+    await client.query("set local work_mem = '256MB'");
+    for (const seal of seals) {
+      if ((options.from && seal.day < options.from) || (options.to && seal.day > options.to)) continue;
+      if (archivedMonths.has(seal.day.slice(0, 7))) {
+        archivedDays++;
+        continue;
+      }
+      options.onDay?.(seal.day);
+      const now = await dayDigest(client, seal.day);
+      checkedDays++;
+      if (now.rows !== seal.rows) {
+        problems.push({ day: seal.day, problem: `${now.rows} rows, but ${seal.rows} were sealed` });
+      } else if (now.digest !== seal.rows_digest) {
+        problems.push({ day: seal.day, problem: `rows differ from what was sealed (same count, ${seal.rows})` });
+      }
+    }
+    await client.query("commit");
+  } finally {
+    client.release();
+  }
+
+  problems.sort((a, b) => (a.day < b.day ? -1 : a.day > b.day ? 1 : 0));
+  return {
+    sealedDays: seals.length,
+    checkedDays,
+    archivedDays,
+    firstSealedDay: seals[0]?.day ?? null,
+    lastSealedDay: seals.at(-1)?.day ?? null,
+    problems,
+    firstBadDay: problems[0]?.day ?? null,
+  };
+}
+
+function nextDay(day: string): string {
+  const date = new Date(`${day}T00:00:00Z`);
+  date.setUTCDate(date.getUTCDate() + 1);
+  return date.toISOString().slice(0, 10);
+}

@@ -1,0 +1,194 @@
+// Seals: every finished day is sealed into one chain, copied to the archive directory, and `verify` names
+// the first day a superuser tampered with — whatever the tampering.
+import { afterAll, beforeAll, expect, test } from "@jest/globals";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { projectRoot } from "../src/db/sourceSql.ts";
+import { sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
+import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+
+const exec = promisify(execFile);
+let db: TestDatabase;
+let dir: string;
+
+const dayOffset = (days: number) => new Date(Date.now() + days * 86_400_000).toISOString().slice(0, 10);
+// Four finished days with rows; today's rows (captured by the triggers) are never sealed.
+const [d1, d2, d3, d4] = [-6, -5, -4, -3].map(dayOffset) as [string, string, string, string];
+const yesterday = dayOffset(-1);
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  dir = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-test-"));
+  // Partitions for the month of the first day onwards (the chain starts at the oldest partition).
+  await db.pool.query(`select audit.create_partition(m::date)
+    from generate_series(date_trunc('month', $1::date), date_trunc('month', now()), interval '1 month') m`, [d1]);
+  // Rows written on past days, as the capture triggers would have stored them.
+  await db.pool.query(`
+    insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, user_id, db_user)
+    select d + make_interval(mins => g * 7), 1000 + g, 1, 'I', g::text, jsonb_build_object('id', g, 'name', 'row ' || g), 'u' || (g % 3), 'app'
+    from unnest(array[$1, $2, $3, $4]::date[]) d, generate_series(1, 25) g`, [d1, d2, d3, d4]);
+  await db.pool.query(`create table public.sealed_today (id int primary key); select audit.enable_tracking('public.sealed_today');
+    insert into public.sealed_today values (1), (2)`);
+});
+afterAll(async () => {
+  await db?.drop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function verify() {
+  return verifySeals(db.pool, { archiveDir: dir });
+}
+
+/** Runs SQL as a superuser who switched the append-only guards off (session_replication_role = replica). */
+async function tamper(sql: string, params: unknown[] = []): Promise<void> {
+  const client = await db.pool.connect();
+  try {
+    await client.query("set session_replication_role = replica");
+    await client.query(sql, params);
+  } finally {
+    await client.query("reset session_replication_role");
+    client.release();
+  }
+}
+
+test("sealable days run from the oldest partition to yesterday, and a grace period holds back the last ones", async () => {
+  const days = async (grace: string) =>
+    (await db.pool.query(`select to_char(d, 'YYYY-MM-DD') as d from audit.sealable_days($1::interval) d`, [grace])).rows.map((r) => r.d);
+  const now = await days("0");
+  expect(now[0]).toBe(`${d1.slice(0, 7)}-01`);
+  expect(now.at(-1)).toBe(yesterday);
+  // With a 72-hour grace the last sealable day ended at least 72 hours ago.
+  const later = await days("72 hours");
+  const cutoff = new Date(Date.now() - 72 * 3_600_000).toISOString().slice(0, 10);
+  expect(later.at(-1)).toBe(new Date(Date.parse(`${cutoff}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10));
+  expect(later.length).toBeLessThan(now.length);
+});
+
+test("sealing writes one chained seal per finished day, copies it to the archive directory, and verifies clean", async () => {
+  const sealed = await sealDays(db.pool, { archiveDir: dir, grace: "0" });
+  expect(sealed[0]!.day).toBe(`${d1.slice(0, 7)}-01`);
+  expect(sealed.at(-1)!.day).toBe(yesterday);
+  const byDay = new Map(sealed.map((s) => [s.day, s]));
+  expect([d1, d2, d3, d4].map((d) => byDay.get(d)!.rows)).toEqual([25, 25, 25, 25]);
+  expect(byDay.get(yesterday)!.rows).toBe(0);
+  // Each seal links to the one before and its digest covers its own fields.
+  sealed.forEach((seal, i) => {
+    expect(seal.previous_digest).toBe(i === 0 ? null : sealed[i - 1]!.seal_digest);
+    expect(seal.seal_digest).toBe(sealDigest(seal));
+  });
+  const copy = await readFile(path.join(dir, "seals", `${d4.slice(0, 7)}.jsonl`), "utf8");
+  expect(copy).toContain(`"seal_digest":"${byDay.get(d4)!.seal_digest}"`);
+
+  // Nothing more to seal; today stays unsealed.
+  expect(await sealDays(db.pool, { archiveDir: dir, grace: "0" })).toEqual([]);
+  const report = await verify();
+  expect(report).toMatchObject({ problems: [], firstBadDay: null, sealedDays: sealed.length, checkedDays: sealed.length });
+});
+
+test("verify names the day of each tampering, and is clean again once it is undone", async () => {
+  // The stored row as JSON (exact to the microsecond), to put it back afterwards.
+  const one = async (day: string, n: number) => (await db.pool.query(
+    `select to_jsonb(e) as row from audit_private.log_entries e
+     where created_at >= $1::date and created_at < $1::date + 1 and entity_id = $2`, [day, String(n)])).rows[0].row;
+
+  // A changed value.
+  await tamper(`update audit_private.log_entries set row_data = row_data || '{"name": "forged"}' where created_at::date = $1 and entity_id = '7'`, [d2]);
+  let report = await verify();
+  expect(report.firstBadDay).toBe(d2);
+  expect(report.problems).toEqual([{ day: d2, problem: "rows differ from what was sealed (same count, 25)" }]);
+  await tamper(`update audit_private.log_entries set row_data = row_data || '{"name": "row 7"}' where created_at::date = $1 and entity_id = '7'`, [d2]);
+  expect((await verify()).problems).toEqual([]);
+
+  // A deleted row.
+  const deleted = await one(d3, 11);
+  await tamper(`delete from audit_private.log_entries where id = $1`, [deleted.id]);
+  report = await verify();
+  expect(report.firstBadDay).toBe(d3);
+  expect(report.problems).toEqual([{ day: d3, problem: "24 rows, but 25 were sealed" }]);
+  await tamper(`insert into audit_private.log_entries select (jsonb_populate_record(null::audit_private.log_entries, $1::jsonb)).*`, [deleted]);
+  expect((await verify()).problems).toEqual([]);
+
+  // An inserted row.
+  await tamper(`insert into audit_private.log_entries (id, created_at, tx_id, table_id, action, entity_id, row_data, db_user)
+    values (999999, $1::date + time '12:00', 1, 1, 'I', 'ghost', '{}', 'app')`, [d1]);
+  report = await verify();
+  expect(report.firstBadDay).toBe(d1);
+  expect(report.problems).toEqual([{ day: d1, problem: "26 rows, but 25 were sealed" }]);
+  await tamper(`delete from audit_private.log_entries where id = 999999`);
+  expect((await verify()).problems).toEqual([]);
+
+  // Rows moved between days: both days change, the earlier is named first.
+  const moved = await one(d4, 3);
+  await tamper(`update audit_private.log_entries set created_at = created_at - interval '1 day' where id = $1`, [moved.id]);
+  report = await verify();
+  expect(report.firstBadDay).toBe(d3);
+  expect(report.problems).toEqual([
+    { day: d3, problem: "26 rows, but 25 were sealed" },
+    { day: d4, problem: "24 rows, but 25 were sealed" },
+  ]);
+  await tamper(`update audit_private.log_entries set created_at = created_at + interval '1 day' where id = $1`, [moved.id]);
+  expect((await verify()).problems).toEqual([]);
+});
+
+test("rewriting or deleting seals is caught too: by the chain and by the copy in the archive directory", async () => {
+  const { rows: [{ seal }] } = await db.pool.query(`select to_jsonb(s) as seal from audit.seals s where day = $1`, [d2]);
+  // A superuser recomputes the seal for forged rows but cannot rewrite the chain after it consistently.
+  await tamper(`update audit.seals set rows = 24 where day = $1`, [d2]);
+  let report = await verify();
+  expect(report.firstBadDay).toBe(d2);
+  expect(report.problems).toEqual([
+    { day: d2, problem: "seal digest does not match its own fields (the seal was edited)" },
+    { day: d2, problem: "seal differs from its copy in the archive directory" },
+    { day: d2, problem: "25 rows, but 24 were sealed" },
+  ]);
+  await tamper(`update audit.seals set rows = 25 where day = $1`, [d2]);
+
+  await tamper(`delete from audit.seals where day = $1`, [d2]);
+  report = await verify();
+  expect(report.firstBadDay).toBe(d2);
+  expect(report.problems).toEqual(expect.arrayContaining([
+    { day: d2, problem: `no seal between ${d1} and ${d3} (seals were deleted)` },
+    { day: d2, problem: "sealed in the archive directory, but the seal is gone from audit.seals" },
+  ]));
+  await tamper(`insert into audit.seals select (jsonb_populate_record(null::audit.seals, $1::jsonb)).*`, [seal]);
+  expect((await verify()).problems).toEqual([]);
+});
+
+test("seals are append-only and only extend the chain", async () => {
+  await expect(db.pool.query(`update audit.seals set rows = 0`)).rejects.toThrow("audit trail is append-only: UPDATE on audit.seals is not allowed");
+  await expect(db.pool.query(`delete from audit.seals`)).rejects.toThrow("audit trail is append-only: DELETE on audit.seals is not allowed");
+  await expect(db.pool.query(
+    `insert into audit.seals (day, rows, rows_digest, previous_digest, seal_digest, format)
+     values ($1, 0, repeat('a', 64), repeat('b', 64), repeat('c', 64), 1)`, [d2],
+  )).rejects.toThrow(`seal for ${d2} does not extend the chain, which ends at ${yesterday}`);
+  // Auditors read the seals.
+  const client = await db.pool.connect();
+  try {
+    await client.query("set role cartop_auditor");
+    const { rows } = await client.query(`select count(*)::int as n from audit.seals where day = $1`, [d2]);
+    expect(rows).toEqual([{ n: 1 }]);
+  } finally {
+    await client.query("reset role");
+    client.release();
+  }
+});
+
+test("cartop-audit verify exits 1 naming the first bad day, and 0 on an untouched trail", async () => {
+  const run = async () => {
+    try {
+      const { stdout } = await exec(process.execPath, [path.join(projectRoot, "src/main.ts"), "verify", "--json"], {
+        env: { ...process.env, DATABASE_URL: db.url, AUDIT_ARCHIVE_DIR: dir, NODE_OPTIONS: "" },
+      });
+      return { code: 0, report: JSON.parse(stdout) };
+    } catch (error) {
+      const e = error as { code: number; stdout: string; stderr: string };
+      return { code: e.code, report: JSON.parse(e.stdout || "null"), stderr: e.stderr };
+    }
+  };
+  expect(await run()).toMatchObject({ code: 0, report: { firstBadDay: null, problems: [] } });
+  await tamper(`update audit_private.log_entries set user_id = 'someone else' where created_at::date = $1 and entity_id = '5'`, [d3]);
+  expect(await run()).toMatchObject({ code: 1, report: { firstBadDay: d3 } });
+});
