@@ -32,6 +32,7 @@ export async function openScratchDatabase(name: string, embeddedPort: number): P
   await admin.query(`create database ${dbName}`);
   const url = databaseUrl(serverUrl, dbName);
   const pool = new pg.Pool({ connectionString: url, max: 4 });
+  pool.on("error", () => {}); // idle connections are terminated when the database is dropped at the end
   await runMigrations(url);
   return {
     url,

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../src/db/sourceSql.ts";
-import { sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
+import { dayDigest, sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
 const exec = promisify(execFile);
@@ -86,6 +86,19 @@ test("sealing writes one chained seal per finished day, copies it to the archive
   expect(await sealDays(db.pool, { archiveDir: dir, grace: "0" })).toEqual([]);
   const report = await verify();
   expect(report).toMatchObject({ problems: [], firstBadDay: null, sealedDays: sealed.length, checkedDays: sealed.length });
+});
+
+test("a day's digest does not depend on the session's time zone or date style", async () => {
+  const client = await db.pool.connect();
+  try {
+    const plain = await dayDigest(client, d2);
+    await client.query("set timezone = 'America/New_York'; set datestyle = 'SQL, DMY'");
+    expect(await dayDigest(client, d2)).toEqual(plain);
+    expect(plain.rows).toBe(25);
+  } finally {
+    await client.query("reset timezone; reset datestyle");
+    client.release();
+  }
 });
 
 test("verify names the day of each tampering, and is clean again once it is undone", async () => {

@@ -8,16 +8,24 @@ import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
 import { runMigrations } from "../db/migrate.ts";
 import { startServer } from "../http/app.ts";
-import { createLogger, LOG_LEVELS, type Logger } from "../log.ts";
+import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
 import { startWorker } from "../worker/worker.ts";
 import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
 
 let cliLogger: Logger | undefined;
-/** The process's structured logger (stderr); LOG_LEVEL is read on first use. */
+/** The process's structured logger (stderr), at LOG_LEVEL (info while the configuration is invalid, to report that). */
 function logger(): Logger {
-  const level = (process.env.LOG_LEVEL ?? "").toLowerCase();
-  return (cliLogger ??= createLogger((LOG_LEVELS as readonly string[]).includes(level) ? level : "info"));
+  if (!cliLogger) {
+    let level = "info";
+    try {
+      level = readConfig().logLevel;
+    } catch {
+      // the command itself reports the configuration error
+    }
+    cliLogger = createLogger(level);
+  }
+  return cliLogger;
 }
 const log = (line: string) => logger().info(line);
 
