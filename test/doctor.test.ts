@@ -51,7 +51,10 @@ test("finished days left unsealed are reported until they are sealed; then the d
 
 test("each planted fault is found, and gone once repaired", async () => {
   const cases: [string, string, string, { check_name: string; object: string; problem: string }][] = [
-    ["drop trigger _900_audit_update on public.guarded", "select audit.enable_tracking('public.guarded')", "",
+    // A plain DROP TRIGGER is undone at once by the event trigger (tested below); a superuser in replica mode,
+    // where event triggers do not fire, is what the check is for.
+    ["set session_replication_role = replica; drop trigger _900_audit_update on public.guarded; reset session_replication_role",
+      "select audit.enable_tracking('public.guarded')", "",
       { check_name: "capture_trigger_missing", object: "public.guarded", problem: "3 of 4 capture triggers installed, 3 enabled" }],
     // ALTER TABLE … DISABLE TRIGGER is undone at once by the event trigger (see the next test); a superuser
     // editing the catalog, or an install without the event trigger, is what the check is for.
@@ -93,6 +96,30 @@ test("disabling a capture trigger with ALTER TABLE is undone at once: capture ca
   await db.pool.query(`insert into public.guarded values (7, 'still audited')`);
   const { rows: audited } = await db.pool.query(`select count(*)::int as n from audit.log where entity_name = 'guarded' and entity_id = '7'`);
   expect(audited[0].n).toBe(1);
+});
+
+test("dropping a capture trigger of a tracked table re-attaches capture at once, with a warning", async () => {
+  const client = await db.pool.connect();
+  const warnings: string[] = [];
+  client.on("notice", (notice) => warnings.push(`${notice.severity}: ${notice.message}`));
+  try {
+    await client.query(`drop trigger _900_audit_update on public.guarded`);
+  } finally {
+    client.release();
+  }
+  expect(warnings).toEqual(["WARNING: cartop-audit: a capture trigger of public.guarded, which is tracked, was dropped; capture was re-attached"]);
+  const { rows } = await db.pool.query(
+    `select triggers_installed, triggers_active from audit.tracked_tables where table_name = 'guarded'`);
+  expect(rows).toEqual([{ triggers_installed: 4, triggers_active: 4 }]);
+  await db.pool.query(`insert into public.guarded values (8, 'new'); update public.guarded set v = 'still audited' where id = 8`);
+  const { rows: audited } = await db.pool.query(
+    `select count(*)::int as n from audit.log where entity_name = 'guarded' and entity_id = '8' and action = 'UPDATE'`);
+  expect(audited[0].n).toBe(1);
+  // Stopping auditing the intended way drops the triggers without a fight.
+  await db.pool.query(`select audit.disable_tracking('public.guarded')`);
+  const { rows: after } = await db.pool.query(`select count(*)::int as n from pg_trigger where tgrelid = 'public.guarded'::regclass and tgname like '\_900\_audit\_%'`);
+  expect(after[0].n).toBe(0);
+  await db.pool.query(`select audit.enable_tracking('public.guarded')`);
 });
 
 test("an archive file that no longer matches its manifest is reported", async () => {

@@ -232,6 +232,8 @@ create or replace function audit_private.attach_capture(tracked audit_private.ta
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
+  -- Tells the DROP TRIGGER event trigger that these drops are ours (restored when the function returns).
+  set audit_private.attaching = 'on'
 as $$
 begin
   perform audit_private.write_capture_functions(tracked, target);
@@ -453,8 +455,41 @@ begin
 end
 $$;
 
+-- A capture trigger dropped from a table that is still tracked is put back at once, with a warning: the
+-- way to stop auditing a table is audit.disable_tracking, which unregisters it first. (A superuser can
+-- still get around this with session_replication_role = replica; audit.coverage and the seals see that.)
+create or replace function audit_private.tg__reattach_after_drop()
+  returns event_trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  dropped record;
+  target regclass;
+begin
+  if current_setting('audit_private.attaching', true) = 'on' then
+    return; -- attach_capture replacing its own triggers
+  end if;
+  for dropped in
+    select distinct o.address_names[1] as schema_name, o.address_names[2] as table_name
+    from pg_event_trigger_dropped_objects() o
+    where o.object_type = 'trigger'
+      and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+  loop
+    target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+    if target is not null and exists (select from audit_private.tables t
+                                      where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name) then
+      raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
+        using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
+      perform audit_private.refresh_tracking(target);
+    end if;
+  end loop;
+end
+$$;
+
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
--- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables shows the state).
+-- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
+-- show the state).
 do $$
 begin
   if (select rolsuper from pg_roles where rolname = current_user) then
@@ -462,8 +497,12 @@ begin
     create event trigger audit_refresh_after_ddl on ddl_command_end
       when tag in ('ALTER TABLE')
       execute function audit_private.tg__refresh_after_ddl();
+    drop event trigger if exists audit_reattach_after_drop;
+    create event trigger audit_reattach_after_drop on sql_drop
+      when tag in ('DROP TRIGGER')
+      execute function audit_private.tg__reattach_after_drop();
   else
-    raise notice 'cartop-audit: not a superuser, so no event trigger; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
+    raise notice 'cartop-audit: not a superuser, so no event triggers; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
   end if;
 end
 $$;
