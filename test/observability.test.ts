@@ -7,6 +7,7 @@ import { Writable } from "node:stream";
 import { Logger as WorkerLogger, quickAddJob, runOnce } from "graphile-worker";
 import jwt from "jsonwebtoken";
 import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
 import { projectRoot } from "../src/db/sourceSql.ts";
 import { startServer, type RunningServer } from "../src/http/app.ts";
 import { createLogger } from "../src/log.ts";
@@ -174,8 +175,15 @@ describe("GET /metrics", () => {
     expect(value(after, "cartop_audit_database_up")).toBe(1);
   });
 
-  test("every metric the example alert rules use is one /metrics exposes", async () => {
+  test("the example alert rules are well-formed, and every metric they use is one /metrics exposes", async () => {
     const rules = readFileSync(path.join(projectRoot, "ops/prometheus-alerts.yml"), "utf8");
+    const parsed = parseYaml(rules) as { groups: { name: string; rules: Record<string, any>[] }[] };
+    const alerts = parsed.groups.flatMap((g) => g.rules);
+    expect(alerts.length).toBeGreaterThanOrEqual(10);
+    for (const rule of alerts) {
+      expect(rule).toMatchObject({ alert: expect.stringMatching(/^CartopAudit\w+$/), expr: expect.any(String),
+        labels: { severity: expect.stringMatching(/^(critical|warning)$/) }, annotations: { summary: expect.any(String) } });
+    }
     const used = new Set([...rules.matchAll(/\b(cartop_audit_\w+?)(?:_bucket|_count|_sum)?\b/g)].map((m) => m[1]!));
     const exposed = await scrape();
     expect(used.size).toBeGreaterThanOrEqual(8);
