@@ -28,6 +28,8 @@ function logger(): Logger {
   return cliLogger;
 }
 const log = (line: string) => logger().info(line);
+/** Loggers to silence once shutdown starts: Ctrl-C reaches the embedded PostgreSQL too, and its goodbyes are expected. */
+const quietOnShutdown: Logger[] = [];
 
 function nonNegativeInteger(text: string): number {
   const value = Number(text);
@@ -74,6 +76,7 @@ async function runUntilSignalled(start: (onShutdown: (action: () => Promise<void
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down`);
+    for (const quiet of quietOnShutdown) quiet.level = "silent";
     void shutdown().then(() => process.exit(0));
   };
   process.once("SIGINT", () => stop("SIGINT"));
@@ -113,7 +116,9 @@ export function buildProgram(): Command {
     onShutdown(() => database.stop());
     if (parts.migrate) await runMigrations(database.url, { log });
     if (parts.worker) {
-      const worker = await startWorker(database.url, config, logger());
+      const workerLog = logger().child({});
+      if (database.embedded) quietOnShutdown.push(workerLog);
+      const worker = await startWorker(database.url, config, workerLog);
       onShutdown(() => worker.stop());
       log("worker running (partitions, summary and seals hourly; coverage check every 10 minutes; archive daily)");
     }

@@ -55,9 +55,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.use((req, _res, next) => withRequestContext({ requestId: requestIdOf(req) }, next));
   app.use(pinoHttp({
     logger,
-    genReqId: requestIdOf,
-    quietReqLogger: true,
-    customAttributeKeys: { reqId: "requestId" },
+    genReqId: requestIdOf, // requestId itself reaches every line through the logger's mixin (src/log.ts)
     // Method, path and client only: no headers (Authorization), no query string, no body (passwords).
     serializers: {
       req: (req: { method: string; url: string; remoteAddress?: string }) =>

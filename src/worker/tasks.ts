@@ -46,7 +46,10 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
 export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList {
   const sealFinishedDays = async (helpers: JobHelpers) => {
     const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
-    if (sealed.length) helpers.logger.info(`sealed ${sealed.map((s) => `${s.day} (${s.rows} rows)`).join(", ")}`);
+    if (sealed.length) {
+      const days = sealed.length === 1 ? sealed[0]!.day : `${sealed.length} days, ${sealed[0]!.day} to ${sealed.at(-1)!.day}`;
+      helpers.logger.info(`sealed ${days} (${sealed.reduce((n, s) => n + s.rows, 0)} audit rows)`);
+    }
     return { sealed: sealed.map((s) => s.day) };
   };
 

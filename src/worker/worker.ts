@@ -22,7 +22,8 @@ export function workerLogger(logger: Logger): WorkerLogger {
 export async function startWorker(databaseUrl: string, config: Config, logger: Logger): Promise<RunningWorker> {
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   // A connection lost while idle is replaced on next use; log it rather than crash the process.
-  const lost = (error: Error) => logger.warn({ component: "worker", err: error }, "database connection lost");
+  const lost = (error: Error & { code?: string }) =>
+    logger.warn({ component: "worker", error: error.message, code: error.code }, "database connection lost");
   pool.on("error", lost);
   pool.on("connect", (client) => client.on("error", lost));
   let runner: Runner;
@@ -36,9 +37,10 @@ export async function startWorker(databaseUrl: string, config: Config, logger: L
       pollInterval: 2000,
       logger: workerLogger(logger),
     });
-    // Premake and check coverage at start too, not only on the schedule.
-    await runner.addJob("audit__ensure_partitions", {}, { jobKey: "audit__ensure_partitions", jobKeyMode: "replace" });
-    await runner.addJob("audit__check_coverage", {}, { jobKey: "audit__check_coverage", jobKeyMode: "replace" });
+    // Premake, seal and check coverage at start too (in that order), not only on the schedule.
+    for (const task of ["audit__ensure_partitions", "audit__seal_days", "audit__check_coverage"]) {
+      await runner.addJob(task, {}, { jobKey: task, jobKeyMode: "replace" });
+    }
   } catch (error) {
     await pool.end();
     throw error;
