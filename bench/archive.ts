@@ -8,6 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
 import { openScratchDatabase } from "./scratch.ts";
+import { insertRealisticAuditRows } from "./seed.ts";
 import { printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({ options: { rows: { type: "string", default: "250000,1000000" } } });
@@ -36,20 +37,7 @@ try {
     const month = `2020-${String(i + 1).padStart(2, "0")}-01`;
     await pool.query("select audit.create_partition($1::date)", [month]);
     // A realistic mix: ~300-byte rows, a delta on a third of them, context on half.
-    await pool.query(
-      `insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, delta, user_id,
-                                              user_email, ip_address, request_id, db_user, application_name)
-       select $1::timestamptz + (g % 2500000) * interval '1 second', 100000 + g / 50, 1 + g % 3, (array['I','U','D'])[1 + g % 3]::"char",
-              g::text,
-              jsonb_build_object('id', g, 'sku', 'SKU-' || lpad(g::text, 8, '0'), 'name', 'Product number ' || g,
-                                 'price', (g % 1000) / 10.0, 'stock', g % 500, 'active', g % 3 <> 0,
-                                 'created_at', $1::timestamptz, 'updated_at', $1::timestamptz + interval '1 day'),
-              case when g % 3 = 1 then jsonb_build_object('price', (g % 1000) / 10.0 + 1) end,
-              case when g % 2 = 0 then 'user-' || (g % 1000) end, case when g % 2 = 0 then 'u' || (g % 1000) || '@example.com' end,
-              case when g % 2 = 0 then '203.0.113.7'::inet end, case when g % 2 = 0 then 'req-' || g end, 'cartop_user', 'api'
-       from generate_series(1, $2::int) g`,
-      [month, rows],
-    );
+    await insertRealisticAuditRows(pool, month, rows, 2_500_000);
     await pool.query("checkpoint");
     const archived = await measured(() => archiveMonth(pool, month, { dir }));
     const restored = await measured(() => restoreMonth(pool, month, { dir }));

@@ -12,6 +12,7 @@ import { createLogger } from "../src/log.ts";
 import { createMetrics } from "../src/metrics.ts";
 import { dayDigest, sealDays, verifySeals } from "../src/seals/seals.ts";
 import { openScratchDatabase } from "./scratch.ts";
+import { insertRealisticAuditRows } from "./seed.ts";
 import { percentile, printTable } from "./stats.ts";
 
 const { values: args } = parseArgs({ options: {
@@ -59,18 +60,8 @@ const describeLatencies = (label: string, ms: number[], seconds: number) =>
 try {
   console.log(`${await scratch.describe()}; ${rows} audit rows on ${yesterday}, ${writers} writer connections`);
   await pool.query("select audit.create_partition($1::date)", [yesterday]);
-  // Rows like the archive benchmark's: ~300-byte rows, a delta on a third, request context on half.
-  await pool.query(
-    `insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, delta, user_id,
-                                            user_email, ip_address, request_id, db_user, application_name)
-     select $1::date + (g % 86400) * interval '1 second', 100000 + g / 50, 1 + g % 3, (array['I','U','D'])[1 + g % 3]::"char",
-            g::text,
-            jsonb_build_object('id', g, 'sku', 'SKU-' || lpad(g::text, 8, '0'), 'name', 'Product number ' || g,
-                               'price', (g % 1000) / 10.0, 'stock', g % 500, 'active', g % 3 <> 0),
-            case when g % 3 = 1 then jsonb_build_object('price', (g % 1000) / 10.0 + 1) end,
-            case when g % 2 = 0 then 'user-' || (g % 1000) end, case when g % 2 = 0 then 'u' || (g % 1000) || '@example.com' end,
-            case when g % 2 = 0 then '203.0.113.7'::inet end, case when g % 2 = 0 then 'req-' || g end, 'cartop_user', 'api'
-     from generate_series(1, $2::int) g`, [yesterday, rows]);
+  // The archive benchmark's rows: ~300 bytes, a delta on a third, request context on half.
+  await insertRealisticAuditRows(pool, `${yesterday}T00:00:00Z`, rows, 86_400);
   await pool.query(`create table public.seal_bench (id int primary key, n int not null);
     insert into public.seal_bench select g, 0 from generate_series(1, 1000) g;
     select audit.enable_tracking('public.seal_bench')`);
