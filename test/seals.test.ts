@@ -190,18 +190,19 @@ test("seals are append-only and only extend the chain", async () => {
 });
 
 test("cartop-audit verify exits 1 naming the first bad day, and 0 on an untouched trail", async () => {
-  const run = async () => {
+  const run = async (...args: string[]) => {
     try {
-      const { stdout } = await exec(process.execPath, [path.join(projectRoot, "src/main.ts"), "verify", "--json"], {
+      const { stdout } = await exec(process.execPath, [path.join(projectRoot, "src/main.ts"), "verify", "--json", ...args], {
         env: { ...process.env, DATABASE_URL: db.url, AUDIT_ARCHIVE_DIR: dir, NODE_OPTIONS: "" },
       });
       return { code: 0, report: JSON.parse(stdout) };
     } catch (error) {
       const e = error as { code: number; stdout: string; stderr: string };
-      return { code: e.code, report: JSON.parse(e.stdout || "null"), stderr: e.stderr };
+      return { code: e.code, report: e.stdout ? JSON.parse(e.stdout) : null, stderr: e.stderr };
     }
   };
   expect(await run()).toMatchObject({ code: 0, report: { firstBadDay: null, problems: [] } });
   await tamper(`update audit_private.log_entries set user_id = 'someone else' where created_at::date = $1 and entity_id = '5'`, [d3]);
   expect(await run()).toMatchObject({ code: 1, report: { firstBadDay: d3 } });
+  expect(await run("--from", "2026-02-30")).toMatchObject({ code: 2, stderr: expect.stringContaining('"2026-02-30" is not a day: expected YYYY-MM-DD') });
 });

@@ -38,7 +38,8 @@ function nonNegativeInteger(text: string): number {
 }
 
 function day(text: string): string {
-  if (!/^\d{4}-\d{2}-\d{2}$/.test(text) || Number.isNaN(Date.parse(`${text}T00:00:00Z`))) {
+  const parsed = new Date(`${text}T00:00:00Z`);
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(text) || Number.isNaN(parsed.getTime()) || parsed.toISOString().slice(0, 10) !== text) {
     throw new InvalidArgumentError(`"${text}" is not a day: expected YYYY-MM-DD`);
   }
   return text;

@@ -1,6 +1,6 @@
 --! Previous: sha1:169b0bf6704cefd5ba7c43b5e970017173e71149
 --! Hash: sha1:244494e9a0421128f0631d5ab729978a62d32dbb
---! Message: Seals, metrics support and coverage of seals (issue #6)
+--! Message: Operations and trust: seals, task runs, seal coverage, re-attach dropped capture triggers
 
 -- source: triggers/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
