@@ -105,6 +105,7 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
   const workerJobs = gauge("worker_jobs", "graphile-worker jobs by state: waiting, locked (running), failing (will retry), dead (out of attempts)", ["state"]);
 
   const rowCounts = rowsWrittenReader(ownerPool);
+  let scraping: Promise<unknown> = Promise.resolve();
 
   async function readSystem(): Promise<void> {
     const { rows: [row] } = await ownerPool.query<SystemRow>(SYSTEM_SQL);
@@ -149,22 +150,29 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
     countGraphqlError(kind) {
       graphqlErrors.inc({ kind });
     },
-    async render() {
-      for (const { name, pool } of watched) {
-        poolConnections.set({ pool: name, state: "total" }, pool.totalCount);
-        poolConnections.set({ pool: name, state: "idle" }, pool.idleCount);
-        poolConnections.set({ pool: name, state: "waiting" }, pool.waitingCount);
-      }
-      try {
-        await readSystem();
-        databaseUp.set(1);
-      } catch (error) {
-        logger.warn({ err: error }, "metrics: cannot read the system metrics from the database");
-        databaseUp.set(0);
-      }
-      return registry.metrics();
+    render() {
+      // One scrape at a time: a scrape resets and refills shared series, and adds to the running totals.
+      const next = scraping.then(scrape, scrape);
+      scraping = next.catch(() => {});
+      return next;
     },
   };
+
+  async function scrape(): Promise<string> {
+    for (const { name, pool } of watched) {
+      poolConnections.set({ pool: name, state: "total" }, pool.totalCount);
+      poolConnections.set({ pool: name, state: "idle" }, pool.idleCount);
+      poolConnections.set({ pool: name, state: "waiting" }, pool.waitingCount);
+    }
+    try {
+      await readSystem();
+      databaseUp.set(1);
+    } catch (error) {
+      logger.warn({ error: (error as Error).message }, "metrics: cannot read the system metrics from the database");
+      databaseUp.set(0);
+    }
+    return registry.metrics();
+  }
 }
 
 // ---- audit rows written, without recounting the day at every scrape ----
@@ -225,21 +233,28 @@ function rowsWrittenReader(pool: pg.Pool) {
       // node-postgres reads -infinity (no summary yet) as the number -Infinity.
       const { rows: [bounds] } = await pool.query<{ live_from: Date | number; settled_until: Date }>(BOUNDS_SQL);
       const from = bounds!.live_from;
-      if (String(from) !== liveFrom) {
+      // Query everything first and change the running totals only once all queries succeeded.
+      const summaryMoved = String(from) !== liveFrom;
+      const summaryCounts = summaryMoved ? await query(SUMMARY_COUNTS_SQL) : undefined;
+      const countedUntil = summaryMoved ? from : settledUntil!;
+      const newlySettled = bounds!.settled_until > countedUntil
+        ? await query(RANGE_COUNTS_SQL, [pgTime(countedUntil), pgTime(bounds!.settled_until)]) : undefined;
+      const nowSettledUntil = newlySettled ? bounds!.settled_until : countedUntil;
+      const tail = await query(RANGE_COUNTS_SQL, [pgTime(nowSettledUntil), "infinity"]);
+
+      if (summaryCounts) {
         liveFrom = String(from);
         summary = new Map();
-        add(summary, await query(SUMMARY_COUNTS_SQL));
+        add(summary, summaryCounts);
         settled = new Map();
-        settledUntil = from;
       }
-      if (bounds!.settled_until > settledUntil!) {
-        add(settled, await query(RANGE_COUNTS_SQL, [pgTime(settledUntil!), pgTime(bounds!.settled_until)]));
-        settledUntil = bounds!.settled_until;
-      }
+      if (newlySettled) add(settled, newlySettled);
+      settledUntil = nowSettledUntil;
+
       const total = new Map<string, RowCount>();
       add(total, [...summary.values()]);
       add(total, [...settled.values()]);
-      add(total, await query(RANGE_COUNTS_SQL, [pgTime(settledUntil!), "infinity"]));
+      add(total, tail);
       return [...total.values()];
     },
   };

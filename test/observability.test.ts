@@ -6,11 +6,13 @@ import path from "node:path";
 import { Writable } from "node:stream";
 import { Logger as WorkerLogger, quickAddJob, runOnce } from "graphile-worker";
 import jwt from "jsonwebtoken";
+import pg from "pg";
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { projectRoot } from "../src/db/sourceSql.ts";
 import { startServer, type RunningServer } from "../src/http/app.ts";
 import { createLogger } from "../src/log.ts";
+import { createMetrics } from "../src/metrics.ts";
 import { makeTasks } from "../src/worker/tasks.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -101,6 +103,24 @@ describe("GET /metrics", () => {
     const summarised = (await db.pool.query(`select audit.summarize_activity()`), await scrape());
     for (const text of [again, summarised]) {
       expect([inserts, updates, deletes].map((s) => value(text, s))).toEqual([inserts, updates, deletes].map((s) => value(after, s)));
+    }
+  });
+
+  test("concurrent scrapes are served one at a time and agree", async () => {
+    const fresh = createMetrics(db.pool, [], createLogger("silent"));
+    const series = 'cartop_audit_rows_written_total{table="public.metered",action="DELETE"}';
+    const texts = await Promise.all([fresh.render(), fresh.render(), fresh.render()]);
+    expect(texts.map((t) => value(t, series))).toEqual([3, 3, 3]);
+  });
+
+  test("with the database unreachable, /metrics still answers and says so", async () => {
+    const unreachable = new pg.Pool({ connectionString: "postgres://nobody@127.0.0.1:1/none", connectionTimeoutMillis: 2000 });
+    try {
+      const text = await createMetrics(unreachable, [], createLogger("silent")).render();
+      expect(value(text, "cartop_audit_database_up")).toBe(0);
+      expect(text).toContain("# TYPE process_cpu_seconds_total counter");
+    } finally {
+      await unreachable.end();
     }
   });
 

@@ -88,6 +88,22 @@ test("sealing writes one chained seal per finished day, copies it to the archive
   expect(report).toMatchObject({ problems: [], firstBadDay: null, sealedDays: sealed.length, checkedDays: sealed.length });
 });
 
+test("a time budget stops a run after the day it is on, and the next run goes on from there", async () => {
+  const fresh = await createTestDatabase();
+  const freshDir = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-budget-"));
+  try {
+    const first = await sealDays(fresh.pool, { archiveDir: freshDir, grace: "0", stopAfterSeconds: 0 });
+    expect(first).toHaveLength(1);
+    const rest = await sealDays(fresh.pool, { archiveDir: freshDir, grace: "0" });
+    expect(rest[0]!.previous_digest).toBe(first[0]!.seal_digest);
+    expect(rest.at(-1)!.day).toBe(yesterday);
+    expect((await verifySeals(fresh.pool, { archiveDir: freshDir })).problems).toEqual([]);
+  } finally {
+    await fresh.drop();
+    await rm(freshDir, { recursive: true, force: true });
+  }
+});
+
 test("a day's digest does not depend on the session's time zone or date style", async () => {
   const client = await db.pool.connect();
   try {

@@ -110,6 +110,8 @@ export interface SealOptions {
   archiveDir: string;
   /** How long after midnight (UTC) a day waits before it is sealed; default one hour. */
   grace?: string;
+  /** Start no new day after this many seconds (at least one day is sealed per run); default: no limit. */
+  stopAfterSeconds?: number;
   onSealed?: (seal: Seal) => void;
 }
 
@@ -118,7 +120,9 @@ export async function sealDays(pool: pg.Pool, options: SealOptions): Promise<Sea
   const sealed: Seal[] = [];
   const { rows: days } = await pool.query<{ day: string }>(
     "select to_char(d, 'YYYY-MM-DD') as day from audit.sealable_days($1::interval) as d", [options.grace ?? "1 hour"]);
+  const started = performance.now();
   for (const { day } of days) {
+    if (sealed.length && options.stopAfterSeconds !== undefined && performance.now() - started > options.stopAfterSeconds * 1000) break;
     const client = await pool.connect();
     try {
       await client.query("begin");

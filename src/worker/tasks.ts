@@ -45,7 +45,8 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
 
 export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList {
   const sealFinishedDays = async (helpers: JobHelpers) => {
-    const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
+    // A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up.
+    const sealed = await sealDays(pool, { archiveDir: config.archiveDir, stopAfterSeconds: 300 });
     if (sealed.length) {
       const days = sealed.length === 1 ? sealed[0]!.day : `${sealed.length} days, ${sealed[0]!.day} to ${sealed.at(-1)!.day}`;
       helpers.logger.info(`sealed ${days} (${sealed.reduce((n, s) => n + s.rows, 0)} audit rows)`);
