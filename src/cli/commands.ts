@@ -266,8 +266,10 @@ export function buildProgram(): Command {
     .option("--to <day>", "recompute rows up to this day (YYYY-MM-DD)", day)
     .addOption(jsonOption())
     .action(async (options: { from?: string; to?: string } & OutputOptions) => {
+      const bar = progress("verify", options, "days");
       const report = await withDatabase((pool, config) =>
-        verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to }));
+        verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
+        .finally(() => bar.stop());
       if (options.json) {
         printResult({ ...report }, options);
       } else {

@@ -43,11 +43,11 @@ export interface Progress {
   stop(): void;
 }
 
-/** A rows/s progress bar on stderr when it is a terminal and output is not JSON; silent otherwise. */
-export function progress(label: string, options: OutputOptions): Progress {
+/** A progress bar (rows/s, or other units) on stderr when it is a terminal and output is not JSON; silent otherwise. */
+export function progress(label: string, options: OutputOptions, unit = "rows"): Progress {
   if (options.json || !process.stderr.isTTY) return { update() {}, stop() {} };
   const bar = new SingleBar({
-    format: `${label} [{bar}] {percentage}% | {value}/{total} rows | {speed} rows/s | eta {eta_formatted}`,
+    format: `${label} [{bar}] {percentage}% | {value}/{total} ${unit} | {speed} ${unit}/s | eta {eta_formatted}`,
     stream: process.stderr,
     hideCursor: true,
   });

@@ -181,7 +181,8 @@ export interface VerifyOptions {
   /** Only recompute rows for days in [from, to] (the chain and the copies are always checked in full). */
   from?: string;
   to?: string;
-  onDay?: (day: string) => void;
+  /** Progress: sealed days checked so far (recomputed or skipped) out of all sealed days. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 const sameSeal = (a: Seal, b: Seal) =>
@@ -227,13 +228,13 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
     // One snapshot for every day: rows moving between days during the check cannot be counted twice.
     await client.query("begin isolation level repeatable read read only");
     await client.query("set local work_mem = '256MB'");
-    for (const seal of seals) {
+    for (const [index, seal] of seals.entries()) {
+      options.onProgress?.(index, seals.length);
       if ((options.from && seal.day < options.from) || (options.to && seal.day > options.to)) continue;
       if (archivedMonths.has(seal.day.slice(0, 7))) {
         archivedDays++;
         continue;
       }
-      options.onDay?.(seal.day);
       const now = await dayDigest(client, seal.day);
       checkedDays++;
       if (now.rows !== seal.rows) {
