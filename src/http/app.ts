@@ -1,4 +1,5 @@
 // The HTTP server: one middleware per concern, in order, then PostGraphile (grafserv) at /graphql.
+import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import express, { type NextFunction, type Request, type Response } from "express";
@@ -76,7 +77,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
   });
   app.get("/metrics", async (req, res) => {
-    if (config.metricsToken && req.get("authorization") !== `Bearer ${config.metricsToken}`) {
+    if (config.metricsToken && !sameSecret(req.get("authorization") ?? "", `Bearer ${config.metricsToken}`)) {
       return sendError(res, 401, "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'");
     }
     res.type("text/plain; version=0.0.4; charset=utf-8").send(await metrics.render());
@@ -162,4 +163,10 @@ function countRejectedDocuments(count: () => void) {
     }) as Response["end"];
     next();
   };
+}
+
+/** Compares a presented secret in constant time (hashing first gives both sides the same length). */
+function sameSecret(presented: string, expected: string): boolean {
+  const digest = (text: string) => createHash("sha256").update(text).digest();
+  return timingSafeEqual(digest(presented), digest(expected));
 }
