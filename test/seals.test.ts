@@ -186,6 +186,16 @@ test("rewriting or deleting seals is caught too: by the chain and by the copy in
   expect((await verify()).problems).toEqual([]);
 });
 
+test("verify pointed at an archive directory without the copies says so once", async () => {
+  const elsewhere = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-elsewhere-"));
+  try {
+    const report = await verifySeals(db.pool, { archiveDir: elsewhere });
+    expect(report.problems).toEqual([{ day: `${d1.slice(0, 7)}-01`, problem: `no seal copies in ${path.join(elsewhere, "seals")} (is AUDIT_ARCHIVE_DIR right?)` }]);
+  } finally {
+    await rm(elsewhere, { recursive: true, force: true });
+  }
+});
+
 test("seals are append-only and only extend the chain", async () => {
   await expect(db.pool.query(`update audit.seals set rows = 0`)).rejects.toThrow("audit trail is append-only: UPDATE on audit.seals is not allowed");
   await expect(db.pool.query(`delete from audit.seals`)).rejects.toThrow("audit trail is append-only: DELETE on audit.seals is not allowed");

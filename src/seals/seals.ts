@@ -212,9 +212,15 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
       problems.push({ day: seal.day, problem: "seal digest does not match its own fields (the seal was edited)" });
     }
     const copy = files.get(seal.day);
-    if (!copy) problems.push({ day: seal.day, problem: "no copy of this seal in the archive directory" });
-    else if (!sameSeal(seal, copy)) problems.push({ day: seal.day, problem: "seal differs from its copy in the archive directory" });
+    if (!copy) {
+      if (files.size) problems.push({ day: seal.day, problem: "no copy of this seal in the archive directory" });
+    } else if (!sameSeal(seal, copy)) {
+      problems.push({ day: seal.day, problem: "seal differs from its copy in the archive directory" });
+    }
     previous = seal;
+  }
+  if (seals.length && !files.size) {
+    problems.push({ day: seals[0]!.day, problem: `no seal copies in ${path.join(options.archiveDir, "seals")} (is AUDIT_ARCHIVE_DIR right?)` });
   }
   const inDatabase = new Set(seals.map((s) => s.day));
   for (const day of files.keys()) {
