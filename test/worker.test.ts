@@ -4,6 +4,7 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Logger, parseCrontab, quickAddJob, runOnce } from "graphile-worker";
+import { restoreMonth } from "../src/archive/archive.ts";
 import { verifySeals } from "../src/seals/seals.ts";
 import { crontab, makeTasks } from "../src/worker/tasks.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
@@ -89,4 +90,7 @@ test("audit__archive_partitions archives every month older than the retention, a
   // Verify still passes with the month gone: its days are skipped (the archive file is checked separately).
   const report = await verifySeals(db.pool, { archiveDir: dir });
   expect(report).toMatchObject({ problems: [], archivedDays: daysInMonth });
+  // Restored, the month is recomputed and still matches its seals: restore brings back the same rows.
+  await restoreMonth(db.pool, old, { dir });
+  expect(await verifySeals(db.pool, { archiveDir: dir })).toMatchObject({ problems: [], archivedDays: 0 });
 });
