@@ -198,6 +198,7 @@ declare
   context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
         _ctx.metadata, _ctx.db_user, _ctx.application_name';
   op record;
+  update_select text;
 begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
     perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
@@ -208,20 +209,33 @@ begin
       audit_private.row_json_sql(tracked, 't'), op.transition));
   end loop;
 
+  -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
+  update_select := format(
+    'select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
+    tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
+    -- The key changed exactly when the delta holds a key column: then record the old entity id too.
+    tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
   perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
-    '%s
-      select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s
+    -- One row (what an API sends): pair the two rows directly. Setting up the general pairing (two window
+    -- functions and a join) on every statement made single-row UPDATEs ~25% slower.
+    'if (select count(*) from (select from old_rows limit 2) s) = 1 then
+      %1$s
+      %2$s
+      from (select %3$s as row_data, %5$s as delta from old_rows o, new_rows n offset 0) c
+      where c.delta <> ''{}''::jsonb;
+    else
+      %1$s
+      %2$s
       from (
-        select %s as row_data,
-          %s as delta
+        select %4$s as row_data,
+          %5$s as delta
         from (select row_number() over () as audit_ordinal__, t.* from old_rows t) o
         full join (select row_number() over () as audit_ordinal__, t.* from new_rows t) n using (audit_ordinal__)
         offset 0
       ) c
-      where c.delta <> ''{}''::jsonb',
-    insert_columns, tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
-    -- The key changed exactly when the delta holds a key column: then record the old entity id too.
-    tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values,
+      where c.delta <> ''{}''::jsonb;
+    end if',
+    insert_columns, update_select, audit_private.row_json_sql(tracked, 'o'),
     audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
 end
 $$;
@@ -504,5 +518,25 @@ begin
   else
     raise notice 'cartop-audit: not a superuser, so no event triggers; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
   end if;
+end
+$$;
+
+-- A migration that changes how capture is generated must reach the tables already tracked: regenerate
+-- their capture functions (the same functions again when nothing changed). A table whose protected
+-- columns went missing is left as it is, with a warning, rather than failing the migration.
+do $$
+declare
+  target regclass;
+begin
+  for target in
+    select to_regclass(format('%I.%I', schema_name, table_name)) from audit_private.tables
+    where enabled and to_regclass(format('%I.%I', schema_name, table_name)) is not null
+  loop
+    begin
+      perform audit_private.refresh_tracking(target);
+    exception when object_in_use then
+      raise warning 'cartop-audit: capture of % not regenerated: %', target, sqlerrm;
+    end;
+  end loop;
 end
 $$;
