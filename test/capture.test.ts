@@ -48,6 +48,33 @@ describe("single-row writes", () => {
     ]);
   });
 
+  test("a one-row UPDATE (direct pairing) records exactly what the same change records inside a bulk UPDATE", async () => {
+    await db.pool.query(`
+      create table shop.paired (id integer primary key, name text, secret text, pin text, qty integer);
+      select audit.enable_tracking('shop.paired', excluded_columns => array['secret'], masked_columns => array['pin']);
+      insert into shop.paired select g, 'item', 's' || g, 'p' || g, 1 from generate_series(1, 3) g;
+      update shop.paired set qty = 2, pin = 'new', name = 'renamed' where id = 1;
+      update shop.paired set qty = 2, pin = 'new', name = 'renamed' where id in (2, 3);
+      update shop.paired set id = 10 where id = 1;
+    `);
+    const updates = (await auditRowsOf(db.pool, "shop.paired")).filter((r) => r.action === "UPDATE");
+    const shape = ({ entity_id: _id, old_value, new_value, ...rest }: typeof updates[number]) =>
+      ({ ...rest, old_value: { ...old_value, id: 0 }, new_value: { ...new_value, id: 0 } });
+    expect(updates).toHaveLength(4);
+    expect(shape(updates[1]!)).toEqual(shape(updates[0]!));
+    expect(shape(updates[2]!)).toEqual(shape(updates[0]!));
+    expect(updates[0]).toEqual({
+      entity_schema: "shop", entity_name: "paired", entity_id: "1", action: "UPDATE",
+      old_value: { id: 1, name: "item", pin: "[masked]", qty: 1 },
+      new_value: { id: 1, name: "renamed", pin: "[masked]", qty: 2 },
+      changes: { name: { old: "item", new: "renamed" }, pin: { old: "[masked]", new: "[masked]" }, qty: { old: 1, new: 2 } },
+    });
+    // A one-row key change, through the direct pairing, keeps the old key too.
+    const { rows } = await db.pool.query(`select entity_id, old_entity_id from audit_private.log_entries
+      where table_id = (select id from audit_private.tables where table_name = 'paired') and action = 'U' order by id desc limit 1`);
+    expect(rows).toEqual([{ entity_id: "10", old_entity_id: "1" }]);
+  });
+
   test("a no-op UPDATE writes nothing", async () => {
     await db.pool.query(`
       create table shop.noop (id integer primary key, v text);
