@@ -33,9 +33,11 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
     try {
       result = await run(helpers);
     } catch (error) {
+      // Recording the failure must not hide it (the database may be what failed).
       await pool.query(
         "insert into audit.task_runs (task, started_at, succeeded, error) values ($1, $2, false, $3)",
-        [name, startedAt, (error as Error).message || String(error)]);
+        [name, startedAt, (error as Error).message || String(error)],
+      ).catch((recordError: Error) => helpers.logger.error(`could not record the failed run: ${recordError.message}`));
       throw error;
     }
     await pool.query("insert into audit.task_runs (task, started_at, succeeded, result) values ($1, $2, true, $3)",
