@@ -7,6 +7,7 @@
 import type pg from "pg";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "./log.ts";
+import { TASK_NAMES } from "./worker/tasks.ts";
 
 const PREFIX = "cartop_audit_";
 
@@ -122,6 +123,8 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
     for (const [status, n] of Object.entries(system.archives)) archives.set({ status }, Number(n));
     taskRuns.reset();
     taskLastSuccess.reset();
+    // Zeros first: an alert on increase() only sees a first failure if the series existed before it.
+    for (const task of TASK_NAMES) for (const outcome of ["success", "failure"]) taskRuns.inc({ task, outcome }, 0);
     for (const t of system.task_runs) {
       taskRuns.inc({ task: t.task, outcome: t.succeeded ? "success" : "failure" }, Number(t.runs));
       if (t.succeeded) taskLastSuccess.set({ task: t.task }, Number(t.last));

@@ -141,6 +141,7 @@ describe("GET /metrics", () => {
   test("a failed archive run raises the failure counter and shows as a failing job; a good run sets the last success", async () => {
     const failures = 'cartop_audit_task_runs_total{task="audit__archive_partitions",outcome="failure"}';
     const before = await scrape();
+    expect(before).toContain(`${failures} 0`); // there before the first failure, so increase() sees it
     // The archive directory is a file: the run fails when it tries to write.
     const notADirectory = path.join(dir, "not-a-directory");
     await writeFile(notADirectory, "");

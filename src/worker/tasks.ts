@@ -23,6 +23,11 @@ export const crontab = [
   "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace",
 ].join("\n");
 
+/** Every scheduled task, by name (metrics show each from the start, with zero runs). */
+export const TASK_NAMES = [
+  "audit__ensure_partitions", "audit__summarize_activity", "audit__seal_days", "audit__check_coverage", "audit__archive_partitions",
+] as const;
+
 type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">;
 
 /** Records each run (success with its result, or failure with its error, which graphile-worker then retries). */
@@ -45,7 +50,7 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
   };
 }
 
-export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList {
+export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<(typeof TASK_NAMES)[number], Task> {
   const sealFinishedDays = async (helpers: JobHelpers) => {
     // A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up.
     const sealed = await sealDays(pool, { archiveDir: config.archiveDir, stopAfterSeconds: 300 });
