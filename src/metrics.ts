@@ -189,10 +189,7 @@ interface RowCount {
 /** Where the summary ends, and up to when the trail can no longer change (see rowsWrittenReader). */
 const BOUNDS_SQL = `
 select audit_private.activity_live_from() as live_from,
-       least(now() - interval '5 minutes',
-             (select min(xact_start) from pg_stat_activity
-               where datname = current_database() and backend_type = 'client backend'
-                 and pid <> pg_backend_pid() and xact_start is not null)) as settled_until`;
+       least(now() - interval '5 minutes', audit_private.oldest_open_transaction_start()) as settled_until`;
 
 const SUMMARY_COUNTS_SQL = `
 select t.schema_name || '.' || t.table_name as table, audit_private.action_name(s.action) as action, sum(s.changes)::bigint as rows

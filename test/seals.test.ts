@@ -88,6 +88,21 @@ test("sealing writes one chained seal per finished day, copies it to the archive
   expect(report).toMatchObject({ problems: [], firstBadDay: null, sealedDays: sealed.length, checkedDays: sealed.length });
 });
 
+test("the oldest open transaction, which bounds sealing, is seen from another connection", async () => {
+  const open = await db.pool.connect();
+  try {
+    await open.query("begin");
+    const { rows: [{ started }] } = await open.query(`select now()::text as started`);
+    const { rows: [seen] } = await db.pool.query(`select audit_private.oldest_open_transaction_start()::text as started`);
+    expect(seen).toEqual({ started });
+    await open.query("commit");
+    const { rows: [after] } = await db.pool.query(`select audit_private.oldest_open_transaction_start() as started`);
+    expect(after).toEqual({ started: null });
+  } finally {
+    open.release();
+  }
+});
+
 test("a time budget stops a run after the day it is on, and the next run goes on from there", async () => {
   const fresh = await createTestDatabase();
   const freshDir = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-budget-"));

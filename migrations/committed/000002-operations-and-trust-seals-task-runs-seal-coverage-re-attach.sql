@@ -1,5 +1,5 @@
 --! Previous: sha1:169b0bf6704cefd5ba7c43b5e970017173e71149
---! Hash: sha1:78960f4fcc3fd9c59629499f1c3e76ecf138f545
+--! Hash: sha1:29578e2a8445b670b0d205ce034f6bfa4222ccef
 --! Message: Operations and trust: seals, task runs, seal coverage, re-attach dropped capture triggers
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1489,7 +1489,7 @@ comment on column audit.seals.rows is 'How many audit rows the day held when it 
 comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 1)';
 comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
 comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
-comment on column audit.seals.format is 'How the digests are computed (src/seals/digest.ts); 1 so far';
+comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts); 1 so far';
 comment on column audit.seals.sealed_at is 'When the seal was written';
 
 -- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
@@ -1540,11 +1540,24 @@ as $$
     (now() at time zone 'UTC')::date)
 $$;
 
+-- When the oldest open transaction of this database (other than the caller's) began: no row stamped
+-- before it can still appear (rows carry their statements' start times). Null when none is open. Other
+-- roles' transactions are visible only to superusers and members of pg_read_all_stats.
+create or replace function audit_private.oldest_open_transaction_start()
+  returns timestamptz
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select min(xact_start) from pg_stat_activity
+  where datname = current_database() and backend_type = 'client backend'
+    and pid <> pg_backend_pid() and xact_start is not null
+$$;
+
 -- Days that can be sealed now, oldest first: finished UTC days after the last seal that ended at least
--- `grace` ago, stopping before the day on which the oldest open transaction of this database began (its
--- rows carry their statements' start times and may still commit into that day). Other roles' transaction
--- starts are visible only to superusers and members of pg_read_all_stats; for the rest, `grace` is the
--- margin. A prepared transaction could hold rows of any day: while one exists, nothing is sealed.
+-- `grace` ago, stopping before the day on which the oldest open transaction began (it may still commit rows
+-- into that day); where other roles' transactions are not visible, `grace` is the margin. A prepared
+-- transaction could hold rows of any day: while one exists, nothing is sealed.
 create or replace function audit.sealable_days(grace interval default '1 hour')
   returns setof date
   language sql
@@ -1556,10 +1569,7 @@ as $$
          audit_private.seal_chain_start(),
          least(
            ((now() - grace) at time zone 'UTC')::date - 1,
-           (select min(xact_start at time zone 'UTC')::date - 1
-              from pg_stat_activity
-             where datname = current_database() and backend_type = 'client backend'
-               and pid <> pg_backend_pid() and xact_start is not null)),
+           (audit_private.oldest_open_transaction_start() at time zone 'UTC')::date - 1),
          interval '1 day') as d
   where not exists (select from pg_prepared_xacts where database = current_database())
 $$;
