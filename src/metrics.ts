@@ -11,13 +11,12 @@ import { TASK_NAMES } from "./worker/tasks.ts";
 
 const PREFIX = "cartop_audit_";
 
-export interface WatchedPool {
+interface WatchedPool {
   name: string;
   pool: pg.Pool;
 }
 
 export interface Metrics {
-  registry: Registry;
   /** Observes one HTTP request (route is one of the known paths, or "other"). */
   observeRequest(route: string, method: string, status: number, seconds: number): void;
   /** Counts one GraphQL error by kind: "request" (invalid document), "rejected" (by the database), "internal". */
@@ -146,7 +145,6 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
   }
 
   return {
-    registry,
     observeRequest(route, method, status, seconds) {
       requestDuration.observe({ route, method, status: String(status) }, seconds);
     },

@@ -26,7 +26,7 @@ export interface PresetOptions {
 }
 
 /** request: the document was invalid; rejected: the database refused (permission, constraint, raise); internal: a bug or outage. */
-export type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown, reference?: string) => void;
+type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown, reference?: string) => void;
 
 const roles = { user: "cartop_user", auditor: "cartop_auditor" } as const;
 

@@ -11,7 +11,7 @@ import type pg from "pg";
 import { fsyncFile } from "../archive/files.ts";
 
 /** Version of the digest definitions below; stored with each seal. Changing them means a new format. */
-export const SEAL_FORMAT = 1;
+const SEAL_FORMAT = 1;
 
 /**
  * Format 1: rows_digest = SHA-256 of the concatenated SHA-256 digests of every row of the day in id order,
@@ -57,7 +57,7 @@ export async function dayDigest(db: pg.Pool | pg.PoolClient, day: string): Promi
 const SEAL_COLUMNS = `to_char(day, 'YYYY-MM-DD') as day, rows::integer as rows, rows_digest, previous_digest, seal_digest, format,
   to_char(sealed_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as sealed_at`;
 
-export async function sealsInDatabase(db: pg.Pool | pg.PoolClient): Promise<Seal[]> {
+async function sealsInDatabase(db: pg.Pool | pg.PoolClient): Promise<Seal[]> {
   return (await db.query<Seal>(`select ${SEAL_COLUMNS} from audit.seals order by day`)).rows;
 }
 
@@ -67,7 +67,7 @@ function sealDir(archiveDir: string): string {
   return path.join(archiveDir, "seals");
 }
 
-export async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal>> {
+async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal>> {
   const found = new Map<string, Seal>();
   const names = await readdir(sealDir(archiveDir)).catch((error: NodeJS.ErrnoException) => {
     if (error.code === "ENOENT") return [] as string[];
@@ -89,10 +89,10 @@ export async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal
 }
 
 /** Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the copy). */
-async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<number> {
+async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<void> {
   const inFiles = await sealsInFiles(archiveDir);
   const missing = seals.filter((seal) => !inFiles.has(seal.day));
-  if (!missing.length) return 0;
+  if (!missing.length) return;
   await mkdir(sealDir(archiveDir), { recursive: true });
   const touched = new Set<string>();
   for (const seal of missing) {
@@ -101,7 +101,6 @@ async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<numb
     touched.add(file);
   }
   for (const file of touched) await fsyncFile(file);
-  return missing.length;
 }
 
 // ---- sealing ----
@@ -112,7 +111,6 @@ export interface SealOptions {
   grace?: string;
   /** Start no new day after this many seconds (at least one day is sealed per run); default: no limit. */
   stopAfterSeconds?: number;
-  onSealed?: (seal: Seal) => void;
 }
 
 /** Seals every sealable day, oldest first; each seal commits on its own, so an interrupted run keeps what it did. */
@@ -143,7 +141,6 @@ export async function sealDays(pool: pg.Pool, options: SealOptions): Promise<Sea
         [day, rows, digest, fields.previous_digest, sealDigest(fields), SEAL_FORMAT]);
       await client.query("commit");
       sealed.push(inserted[0]!);
-      options.onSealed?.(inserted[0]!);
     } catch (error) {
       await client.query("rollback").catch(() => {});
       throw error;

@@ -10,7 +10,7 @@ export interface RunningWorker {
 }
 
 /** graphile-worker's log lines as structured lines of ours, with the job's scope (task, job id) as fields. */
-export function workerLogger(logger: Logger): WorkerLogger {
+function workerLogger(logger: Logger): WorkerLogger {
   const worker = logger.child({ component: "worker" });
   return new WorkerLogger((scope) => (level, message, meta) => {
     const fields = { taskIdentifier: scope.taskIdentifier, jobId: scope.jobId, ...(meta?.error ? { err: meta.error } : {}) };
