@@ -1,12 +1,15 @@
 // The worker: its schedule, and its tasks run through graphile-worker against the real database.
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Logger, parseCrontab, quickAddJob, runOnce } from "graphile-worker";
 import { restoreMonth } from "../src/archive/archive.ts";
 import { verifySeals } from "../src/seals/seals.ts";
+import { createLogger } from "../src/log.ts";
+import { readConfig } from "../src/config.ts";
 import { crontab, makeTasks } from "../src/worker/tasks.ts";
+import { startWorker } from "../src/worker/worker.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
@@ -93,4 +96,35 @@ test("audit__archive_partitions archives every month older than the retention, a
   // Restored, the month is recomputed and still matches its seals: restore brings back the same rows.
   await restoreMonth(db.pool, old, { dir });
   expect(await verifySeals(db.pool, { archiveDir: dir })).toMatchObject({ problems: [], archivedDays: 0 });
+});
+
+test("a failed run whose failure cannot be recorded still fails with its own error", async () => {
+  const notADirectory = path.join(dir, "plain-file");
+  await writeFile(notADirectory, "");
+  await db.pool.query(`alter table audit.task_runs rename to task_runs_away`);
+  try {
+    await quickAddJob({ pgPool: db.pool }, "audit__seal_days", {}, { jobKey: "unrecordable" });
+    await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, { ...config(), archiveDir: notADirectory }), logger: new Logger(() => () => {}) });
+    const { rows } = await db.pool.query(`select last_error from graphile_worker._private_jobs where key = 'unrecordable'`);
+    // Not 'relation "audit.task_runs" does not exist': the failure to record it does not replace it.
+    expect(rows).toEqual([{ last_error: `ENOTDIR: not a directory, scandir '${path.join(notADirectory, "seals")}'` }]);
+  } finally {
+    await db.pool.query(`alter table audit.task_runs_away rename to task_runs; delete from graphile_worker._private_jobs`);
+  }
+});
+
+test("the worker, once started, premakes partitions, seals and checks coverage at once, in that order", async () => {
+  const started = await db.pool.query(`select coalesce(max(id), 0) as last from audit.task_runs`);
+  const worker = await startWorker(db.url, { ...readConfig({}), ...config() }, createLogger("silent"));
+  try {
+    let tasks: string[] = [];
+    for (let i = 0; i < 100 && tasks.length < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      tasks = (await db.pool.query(`select task from audit.task_runs where id > $1 and succeeded order by id`, [started.rows[0].last]))
+        .rows.map((r) => r.task);
+    }
+    expect(tasks).toEqual(["audit__ensure_partitions", "audit__seal_days", "audit__check_coverage"]);
+  } finally {
+    await worker.stop();
+  }
 });
