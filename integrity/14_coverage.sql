@@ -7,7 +7,8 @@ create or replace function audit.coverage_problems(months_ahead integer default 
   set search_path = pg_catalog, pg_temp
 as $$
   -- A tracked table that no longer exists.
-  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name), 'tracked, but the table does not exist'
+  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
+         format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
   from audit_private.tables t
   where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
   union all

@@ -25,6 +25,12 @@ export interface Metrics {
   render(): Promise<string>;
 }
 
+/** Every check of audit.coverage_problems (integrity/14_coverage.sql; test/doctor.test.ts plants each). */
+export const COVERAGE_CHECKS = [
+  "tracked_table_missing", "capture_trigger_missing", "capture_trigger_disabled", "foreign_capture_trigger",
+  "partition_missing", "default_partition_rows", "seal_overdue",
+] as const;
+
 // Everything but the row counts, read from the database in one round trip.
 const SYSTEM_SQL = `
 select
@@ -131,8 +137,7 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
     coverageProblems.reset();
     if (system.coverage) {
       coverageCheckedAt.set(Number(system.coverage.at));
-      for (const check of ["tracked_table_missing", "capture_trigger_missing", "capture_trigger_disabled", "foreign_capture_trigger",
-        "partition_missing", "default_partition_rows", "seal_overdue"]) coverageProblems.set({ check }, 0);
+      for (const check of COVERAGE_CHECKS) coverageProblems.set({ check }, 0);
       for (const problem of system.coverage.result.problems) coverageProblems.inc({ check: problem.check_name });
     }
     if (system.last_sealed_day !== null) lastSealedDay.set(Number(system.last_sealed_day));

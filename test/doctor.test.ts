@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { archiveMonth } from "../src/archive/archive.ts";
 import { archivePaths } from "../src/archive/files.ts";
 import { projectRoot } from "../src/db/sourceSql.ts";
+import { COVERAGE_CHECKS } from "../src/metrics.ts";
 import { sealDays } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -51,6 +52,12 @@ test("finished days left unsealed are reported until they are sealed; then the d
 
 test("each planted fault is found, and gone once repaired", async () => {
   const cases: [string, string, string, { check_name: string; object: string; problem: string }][] = [
+    // A plain DROP TABLE ends tracking (tested below); in replica mode no event trigger sees it.
+    [`create table public.doomed (id int primary key); select audit.enable_tracking('public.doomed');
+      set session_replication_role = replica; drop table public.doomed; reset session_replication_role`,
+      "select audit.disable_tracking('public', 'doomed')", "",
+      { check_name: "tracked_table_missing", object: "public.doomed",
+        problem: "tracked, but the table does not exist; to end its tracking: select audit.disable_tracking('public', 'doomed')" }],
     // A plain DROP TRIGGER is undone at once by the event trigger (tested below); a superuser in replica mode,
     // where event triggers do not fire, is what the check is for.
     ["set session_replication_role = replica; drop trigger _900_audit_update on public.guarded; reset session_replication_role",
@@ -71,7 +78,9 @@ test("each planted fault is found, and gone once repaired", async () => {
       values ('2045-06-01', 1, 1, 'I', 'x', '{}', 'test')`, "select audit.drain_default_partition()", "",
       { check_name: "default_partition_rows", object: "audit.log_default", problem: "1 row(s) of 2045-06" }],
   ];
+  const planted = new Set<string>(["seal_overdue"]); // planted in the first test
   for (const [plant, repair, special, expected] of cases) {
+    planted.add(expected.check_name);
     if (special === "drop-next-month") {
       const { rows: [{ name }] } = await db.pool.query(
         `select audit_private.partition_name((audit_private.current_month() + interval '1 month')::date) as name`);
@@ -86,6 +95,8 @@ test("each planted fault is found, and gone once repaired", async () => {
     await db.pool.query(repair);
     expect(await doctor()).toEqual({ code: 0, problems: [] });
   }
+  // Every check there is was planted here, and /metrics reports each by name.
+  expect([...planted].sort()).toEqual([...COVERAGE_CHECKS].sort());
 });
 
 test("disabling a capture trigger with ALTER TABLE is undone at once: capture cannot be switched off quietly", async () => {
@@ -120,6 +131,41 @@ test("dropping a capture trigger of a tracked table re-attaches capture at once,
   const { rows: after } = await db.pool.query(`select count(*)::int as n from pg_trigger where tgrelid = 'public.guarded'::regclass and tgname like '\_900\_audit\_%'`);
   expect(after[0].n).toBe(0);
   await db.pool.query(`select audit.enable_tracking('public.guarded')`);
+});
+
+test("dropping a tracked table, or its schema, ends its tracking with a notice and keeps its history", async () => {
+  await db.pool.query(`create schema doomed_schema;
+    create table public.dropped (id int primary key); create table doomed_schema.dropped_too (id int primary key);
+    select audit.enable_tracking('public.dropped'); select audit.enable_tracking('doomed_schema.dropped_too');
+    insert into public.dropped values (1); insert into doomed_schema.dropped_too values (1)`);
+  const registry = () => db.pool.query(`select t.table_name, t.enabled,
+      (select count(*)::int from pg_proc p where p.proname like 'capture\\_%\\_' || t.id) as capture_functions,
+      (select count(*)::int from audit.log l where l.entity_schema = t.schema_name and l.entity_name = t.table_name) as history
+    from audit_private.tables t where t.table_name in ('dropped', 'dropped_too') order by 1`);
+  expect((await registry()).rows).toEqual([
+    { table_name: "dropped", enabled: true, capture_functions: 3, history: 1 },
+    { table_name: "dropped_too", enabled: true, capture_functions: 3, history: 1 },
+  ]);
+  const client = await db.pool.connect();
+  const notices: string[] = [];
+  client.on("notice", (notice) => notices.push(`${notice.severity}: ${notice.message}`));
+  try {
+    await client.query(`drop table public.dropped`);
+    await client.query(`drop schema doomed_schema cascade`);
+  } finally {
+    client.release();
+  }
+  expect(notices.filter((n) => n.includes("cartop-audit"))).toEqual([
+    "NOTICE: cartop-audit: tracked table public.dropped was dropped; tracking ended, its audit history is kept",
+    "NOTICE: cartop-audit: tracked table doomed_schema.dropped_too was dropped; tracking ended, its audit history is kept",
+  ]);
+  expect((await registry()).rows).toEqual([
+    { table_name: "dropped", enabled: false, capture_functions: 0, history: 1 },
+    { table_name: "dropped_too", enabled: false, capture_functions: 0, history: 1 },
+  ]);
+  expect(await doctor()).toEqual({ code: 0, problems: [] });
+  await expect(db.pool.query(`select audit.disable_tracking('public', 'dropped')`))
+    .rejects.toThrow("audit.disable_tracking: table public.dropped is not tracked");
 });
 
 test("an archive file that no longer matches its manifest is reported", async () => {

@@ -1,5 +1,5 @@
 --! Previous: sha1:169b0bf6704cefd5ba7c43b5e970017173e71149
---! Hash: sha1:29578e2a8445b670b0d205ce034f6bfa4222ccef
+--! Hash: sha1:2ae9c6074affb079b415cf2473b0e02c7610da17
 --! Message: Operations and trust: seals, task runs, seal coverage, re-attach dropped capture triggers
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -821,6 +821,30 @@ $$;
 comment on function audit.enable_tracking(regclass, text[], text[]) is
   'Starts auditing a table (idempotent; a second call replaces excluded and masked columns)';
 
+-- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
+-- still there) and the generated functions. The audit rows stay, and so does the registry row.
+create or replace function audit_private.end_tracking(tracked_id integer)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked audit_private.tables;
+  target regclass;
+begin
+  update audit_private.tables set enabled = false, updated_at = now()
+   where id = tracked_id
+  returning * into tracked;
+  target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
+  if target is not null then
+    perform audit_private.detach_capture(target);
+  end if;
+  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
+    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+end
+$$;
+
 -- Stops auditing a table. Its audit rows stay; so does its registry row (marked disabled).
 create or replace function audit.disable_tracking(target regclass)
   returns void
@@ -829,26 +853,46 @@ create or replace function audit.disable_tracking(target regclass)
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  tracked audit_private.tables;
+  tracked_id integer;
 begin
-  update audit_private.tables t
-     set enabled = false, updated_at = now()
-   from pg_class c join pg_namespace n on n.oid = c.relnamespace
-   where c.oid = target and t.schema_name = n.nspname and t.table_name = c.relname and t.enabled
-  returning t.* into tracked;
-  if tracked.id is null then
+  select t.id into tracked_id
+  from audit_private.tables t
+  join pg_namespace n on n.nspname = t.schema_name
+  join pg_class c on c.relnamespace = n.oid and c.relname = t.table_name
+  where c.oid = target and t.enabled;
+  if tracked_id is null then
     raise exception 'audit.disable_tracking: table % is not tracked', target using errcode = 'undefined_object';
   end if;
-  perform audit_private.detach_capture(target);
-  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
-    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+  perform audit_private.end_tracking(tracked_id);
 end
 $$;
 
 comment on function audit.disable_tracking(regclass) is 'Stops auditing a table; its audit history is kept';
 
+-- The same by name, for a tracked table that no longer exists (dropped where no event trigger saw it).
+create or replace function audit.disable_tracking(schema_name text, table_name text)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked_id integer;
+begin
+  select t.id into tracked_id from audit_private.tables t
+  where t.schema_name = disable_tracking.schema_name and t.table_name = disable_tracking.table_name and t.enabled;
+  if tracked_id is null then
+    raise exception 'audit.disable_tracking: table %.% is not tracked', schema_name, table_name using errcode = 'undefined_object';
+  end if;
+  perform audit_private.end_tracking(tracked_id);
+end
+$$;
+
+comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
+
 revoke all on function audit.enable_tracking(regclass, text[], text[]) from public;
 revoke all on function audit.disable_tracking(regclass) from public;
+revoke all on function audit.disable_tracking(text, text) from public;
 
 -- What is tracked, and whether its four capture triggers are in place and enabled.
 create or replace view audit.tracked_tables as
@@ -928,7 +972,9 @@ $$;
 -- A capture trigger dropped from a table that is still tracked is put back at once, with a warning: the
 -- way to stop auditing a table is audit.disable_tracking, which unregisters it first. (A superuser can
 -- still get around this with session_replication_role = replica; audit.coverage and the seals see that.)
-create or replace function audit_private.tg__reattach_after_drop()
+-- A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being tracked, with a notice:
+-- its audit history stays.
+create or replace function audit_private.tg__capture_after_drop()
   returns event_trigger
   language plpgsql
   set search_path = pg_catalog, pg_temp
@@ -936,19 +982,29 @@ as $$
 declare
   dropped record;
   target regclass;
+  tracked_id integer;
 begin
   if current_setting('audit_private.attaching', true) = 'on' then
     return; -- attach_capture replacing its own triggers
   end if;
   for dropped in
-    select distinct o.address_names[1] as schema_name, o.address_names[2] as table_name
+    select distinct o.object_type, o.address_names[1] as schema_name, o.address_names[2] as table_name
     from pg_event_trigger_dropped_objects() o
-    where o.object_type = 'trigger'
-      and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+    -- Tables however they went (DROP SCHEMA … CASCADE drops them as dependents); triggers only when dropped
+    -- themselves, not along with their table.
+    where o.object_type = 'table'
+       or (o.object_type = 'trigger' and o.original
+           and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate'))
   loop
-    target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
-    if target is not null and exists (select from audit_private.tables t
-                                      where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name) then
+    select t.id into tracked_id from audit_private.tables t
+    where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
+    continue when tracked_id is null;
+    if dropped.object_type = 'table' then
+      raise notice 'cartop-audit: tracked table %.% was dropped; tracking ended, its audit history is kept',
+        dropped.schema_name, dropped.table_name;
+      perform audit_private.end_tracking(tracked_id);
+    else
+      target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
         using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
       perform audit_private.refresh_tracking(target);
@@ -967,10 +1023,10 @@ begin
     create event trigger audit_refresh_after_ddl on ddl_command_end
       when tag in ('ALTER TABLE')
       execute function audit_private.tg__refresh_after_ddl();
-    drop event trigger if exists audit_reattach_after_drop;
-    create event trigger audit_reattach_after_drop on sql_drop
-      when tag in ('DROP TRIGGER')
-      execute function audit_private.tg__reattach_after_drop();
+    drop event trigger if exists audit_capture_after_drop;
+    create event trigger audit_capture_after_drop on sql_drop
+      when tag in ('DROP TRIGGER', 'DROP TABLE', 'DROP SCHEMA')
+      execute function audit_private.tg__capture_after_drop();
   else
     raise notice 'cartop-audit: not a superuser, so no event triggers; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
   end if;
@@ -1587,7 +1643,8 @@ create or replace function audit.coverage_problems(months_ahead integer default 
   set search_path = pg_catalog, pg_temp
 as $$
   -- A tracked table that no longer exists.
-  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name), 'tracked, but the table does not exist'
+  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
+         format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
   from audit_private.tables t
   where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
   union all
