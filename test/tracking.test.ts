@@ -140,6 +140,35 @@ describe("enable_tracking", () => {
   });
 });
 
+describe("renaming a tracked table", () => {
+  test("the registry and the history follow the table (RENAME TO, SET SCHEMA); capture goes on", async () => {
+    await db.pool.query(`
+      create table crm.prospects (id integer primary key, name text);
+      select audit.enable_tracking('crm.prospects');
+      insert into crm.prospects values (1, 'before');
+      alter table crm.prospects rename to clients;
+      update crm.clients set name = 'renamed';
+      create schema sales;
+      alter table crm.clients set schema sales;
+      delete from sales.clients;`);
+    expect((await auditRowsOf(db.pool, "sales.clients")).map((r) => [r.entity_schema, r.entity_name, r.action]))
+      .toEqual([["sales", "clients", "INSERT"], ["sales", "clients", "UPDATE"], ["sales", "clients", "DELETE"]]);
+    const { rows } = await db.pool.query(`select schema_name, table_name, triggers_installed, triggers_active
+      from audit.tracked_tables where table_name in ('prospects', 'clients')`);
+    expect(rows).toEqual([{ schema_name: "sales", table_name: "clients", triggers_installed: 4, triggers_active: 4 }]);
+    expect((await db.pool.query(`select * from audit.coverage where object like '%clients%' or object like '%prospects%'`)).rows).toEqual([]);
+  });
+
+  test("taking the name of a table audited before is refused: the two histories would merge", async () => {
+    await db.pool.query(`
+      create table crm.gone (id integer primary key); select audit.enable_tracking('crm.gone'); select audit.disable_tracking('crm.gone');
+      drop table crm.gone;
+      create table crm.newcomer (id integer primary key); select audit.enable_tracking('crm.newcomer');`);
+    await expect(db.pool.query(`alter table crm.newcomer rename to gone`))
+      .rejects.toThrow("cartop-audit: crm.gone was audited before under this name; a tracked table cannot take it");
+  });
+});
+
 describe("disable_tracking", () => {
   test("stops capture and keeps the history", async () => {
     await db.pool.query(`

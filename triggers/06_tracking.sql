@@ -482,7 +482,28 @@ begin
   join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
   where c.oid = target and t.enabled;
   if tracked.id is null then
-    return;
+    -- Renamed (ALTER TABLE … RENAME TO or SET SCHEMA): its capture triggers still call the functions named
+    -- after its registry id. The registry follows the table, and so does its history in audit.log.
+    select t.* into tracked
+    from audit_private.tables t
+    where t.enabled and exists (
+      select from pg_trigger g
+      where g.tgrelid = target and g.tgname = '_900_audit_insert'
+        and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
+    if tracked.id is null then
+      return;
+    end if;
+    if exists (select from audit_private.tables t, pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where c.oid = target and t.schema_name = n.nspname and t.table_name = c.relname) then
+      raise exception 'cartop-audit: % was audited before under this name; a tracked table cannot take it', target
+        using errcode = 'object_in_use',
+              hint = 'Its history would merge with the earlier table''s. Choose another name.';
+    end if;
+    update audit_private.tables t
+       set schema_name = n.nspname, table_name = c.relname, updated_at = now()
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target and t.id = tracked.id
+    returning t.* into tracked;
   end if;
   select array_agg(c) into missing
   from unnest(tracked.excluded_columns || tracked.masked_columns) as c

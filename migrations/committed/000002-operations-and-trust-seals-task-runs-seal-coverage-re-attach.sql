@@ -1,5 +1,5 @@
 --! Previous: sha1:169b0bf6704cefd5ba7c43b5e970017173e71149
---! Hash: sha1:2ae9c6074affb079b415cf2473b0e02c7610da17
+--! Hash: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
 --! Message: Operations and trust: seals, task runs, seal coverage, re-attach dropped capture triggers
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -938,7 +938,28 @@ begin
   join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
   where c.oid = target and t.enabled;
   if tracked.id is null then
-    return;
+    -- Renamed (ALTER TABLE … RENAME TO or SET SCHEMA): its capture triggers still call the functions named
+    -- after its registry id. The registry follows the table, and so does its history in audit.log.
+    select t.* into tracked
+    from audit_private.tables t
+    where t.enabled and exists (
+      select from pg_trigger g
+      where g.tgrelid = target and g.tgname = '_900_audit_insert'
+        and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
+    if tracked.id is null then
+      return;
+    end if;
+    if exists (select from audit_private.tables t, pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where c.oid = target and t.schema_name = n.nspname and t.table_name = c.relname) then
+      raise exception 'cartop-audit: % was audited before under this name; a tracked table cannot take it', target
+        using errcode = 'object_in_use',
+              hint = 'Its history would merge with the earlier table''s. Choose another name.';
+    end if;
+    update audit_private.tables t
+       set schema_name = n.nspname, table_name = c.relname, updated_at = now()
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target and t.id = tracked.id
+    returning t.* into tracked;
   end if;
   select array_agg(c) into missing
   from unnest(tracked.excluded_columns || tracked.masked_columns) as c
