@@ -31,10 +31,16 @@ as $$
          or not exists (select from audit_private.tables t
                         where t.enabled and t.schema_name = n.nspname and t.table_name = c.relname))
   union all
-  -- Months that should already have a partition.
+  -- Months that should already have a partition: the current one, and `months_ahead` after the month of an
+  -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
+  -- minutes of a month are not reported (the month that just began was premade months before).
   select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
          format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), months_ahead)
-  from generate_series(audit_private.current_month(), audit_private.current_month() + make_interval(months => greatest(months_ahead, 0)), interval '1 month') as m
+  from generate_series(
+         audit_private.current_month(),
+         greatest(audit_private.current_month(),
+                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(months_ahead, 0))),
+         interval '1 month') as m
   where not exists (select from pg_class where relname = audit_private.partition_name(m::date) and relnamespace = 'audit'::regnamespace)
   union all
   -- Rows waiting in the default partition.

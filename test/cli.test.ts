@@ -85,9 +85,18 @@ describe("partitions", () => {
     const names = JSON.parse(list.stdout).map((p: { partition_name: string }) => p.partition_name);
     expect(names).toContain("log_2021_05");
     expect(names).toContain("log_default");
-    const ensure = await cli("partitions", "ensure", "--json");
-    expect(ensure.code).toBe(0);
-    expect(JSON.parse(ensure.stdout)).toEqual([]);
+    // The template was migrated when the suite began, maybe in the month before: the first run may premake
+    // the month that came into the horizon since; a second run has nothing to do.
+    const { rows: horizon } = await db.pool.query(`select audit_private.partition_name(m::date) as name
+      from generate_series(audit_private.current_month(), audit_private.current_month() + interval '3 months', interval '1 month') m`);
+    const first = await cli("partitions", "ensure", "--json");
+    expect(first.code).toBe(0);
+    for (const { created } of JSON.parse(first.stdout)) expect(horizon.map((h) => h.name)).toContain(created);
+    const again = await cli("partitions", "ensure", "--json");
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual([]);
+    const listed = JSON.parse((await cli("partitions", "list", "--json")).stdout).map((p: { partition_name: string }) => p.partition_name);
+    for (const { name } of horizon) expect(listed).toContain(name);
   });
 
   test("archive, verify and restore a month", async () => {
