@@ -32,8 +32,10 @@ export default async function globalSetup(): Promise<void> {
   const admin = new pg.Client({ connectionString: serverUrl });
   await admin.connect();
   try {
-    const { rows } = await admin.query<{ version: string }>("select current_setting('server_version') as version");
-    process.stderr.write(`\ntests run against PostgreSQL ${rows[0]!.version}\n`);
+    const { rows: [server] } = await admin.query<{ version: string; zone: string; now: string }>(
+      "select current_setting('server_version') as version, current_setting('TimeZone') as zone, now()::text as now");
+    // The clock and zone as the server sees them: the calendar-edge runs move both.
+    process.stderr.write(`\ntests run against PostgreSQL ${server!.version} (TimeZone ${server!.zone}, now ${server!.now})\n`);
     await admin.query(`create database ${template}`);
   } finally {
     await admin.end();
