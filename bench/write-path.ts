@@ -202,9 +202,9 @@ async function main(): Promise<void> {
       ${yardsticks}`);
 
     type Workload = "insert" | "update" | "delete" | "copy";
-    const times = Object.fromEntries(VARIANTS.map((v) => [v, { insert: [], update: [], delete: [], copy: [] }])) as
-      Record<Variant, Record<Workload, number[]>>;
-    const bytesPerUpdate = Object.fromEntries(VARIANTS.map((v) => [v, [] as number[]])) as Record<Variant, number[]>;
+    const perVariant = <T>(make: () => T) => Object.fromEntries(VARIANTS.map((v) => [v, make()])) as Record<Variant, T>;
+    const times = perVariant<Record<Workload, number[]>>(() => ({ insert: [], update: [], delete: [], copy: [] }));
+    const bytesPerUpdate = perVariant<number[]>(() => []);
     const payload = copyPayload();
     for (let r = 0; r < REPEAT; r++) {
       for (const variant of VARIANTS) {
@@ -229,7 +229,7 @@ async function main(): Promise<void> {
       await pool.query(`insert into bench.${variant} ${generated("1", String(ROWS))}`);
       await pool.query(`vacuum analyze bench.${variant}`);
     }
-    const tps = Object.fromEntries(VARIANTS.map((v) => [v, { w1a: [], w1b: [] }])) as Record<Variant, { w1a: number[]; w1b: number[] }>;
+    const tps = perVariant<{ w1a: number[]; w1b: number[] }>(() => ({ w1a: [], w1b: [] }));
     let nextId = ROWS * 10;
     const randomId = () => 1 + Math.floor(Math.random() * ROWS);
     for (let r = 0; r < ROUNDS; r++) {

@@ -45,14 +45,14 @@ select
     where task = 'audit__check_coverage' and succeeded order by finished_at desc limit 1) as coverage,
   (select extract(epoch from max(day)::timestamp at time zone 'UTC') from audit.seals) as last_sealed_day,
   greatest((now() at time zone 'UTC')::date - audit_private.seal_chain_start(), 0) as unsealed_days,
-  to_regclass('graphile_worker._private_jobs') is not null as worker_installed`;
+  to_regclass('graphile_worker.jobs') is not null as worker_installed`;
 
 const WORKER_JOBS_SQL = `
 select count(*) filter (where locked_at is null and attempts = 0) as waiting,
        count(*) filter (where locked_at is not null) as locked,
        count(*) filter (where locked_at is null and attempts > 0 and attempts < max_attempts) as failing,
        count(*) filter (where attempts >= max_attempts) as dead
-from graphile_worker._private_jobs`;
+from graphile_worker.jobs`;
 
 interface SystemRow {
   partitions: { partition: string; bytes: number; is_default: boolean; range_start: string | null }[];

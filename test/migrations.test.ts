@@ -2,6 +2,7 @@
 import { afterAll, beforeAll, expect, test } from "@jest/globals";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import { checkPostgresVersion, postgresVersionProblem } from "../src/db/migrate.ts";
 import { projectRoot, sourceMigrationBody } from "../src/db/sourceSql.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -64,4 +65,10 @@ test("a migration regenerates the capture of tables tracked before it (a changed
   const { rows } = await db.pool.query(
     `select changes from audit.log where entity_name = 'tracked_before' and action = 'UPDATE' order by id`);
   expect(rows).toEqual([{ changes: { v: { old: "lost", new: "b" } } }]);
+});
+
+test("migrating needs PostgreSQL 15 or later, and says which version it found", async () => {
+  await expect(checkPostgresVersion(db.url)).resolves.toBeUndefined(); // the suite's servers are 15 and 18
+  expect(postgresVersionProblem(140012, "14.12")).toBe("cartop-audit needs PostgreSQL 15 or later; this server is PostgreSQL 14.12");
+  expect(postgresVersionProblem(150000, "15.0")).toBeNull();
 });
