@@ -97,7 +97,7 @@ test("each planted fault is found, and gone once repaired", async () => {
   }
   // Every check there is was planted here, and /metrics reports each by name.
   expect([...planted].sort()).toEqual([...COVERAGE_CHECKS].sort());
-});
+}, 300_000); // two CLI processes per fault: minutes on a loaded 2-core machine
 
 test("disabling a capture trigger with ALTER TABLE is undone at once: capture cannot be switched off quietly", async () => {
   await db.pool.query(`alter table public.guarded disable trigger _900_audit_insert`);
