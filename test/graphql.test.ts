@@ -130,7 +130,7 @@ describe("reading the trail", () => {
   });
 
   test("entityHistory returns one entity's rows newest first, agreeing with SQL", async () => {
-    const result = await gql(api, `query($id: String!) { entityHistory(entityName: "products", entityId: $id) {
+    const result = await gql(api, `query($id: String!) { entityHistory(entityName: "products", entityId: $id, first: 10) {
         nodes { rowId action changes userId } } }`, { id: productId }, { token: auditor() });
     const nodes = result.body.data!.entityHistory.nodes;
     expect(nodes.map((n: { action: string; changes: unknown }) => [n.action, n.changes])).toEqual([
@@ -156,7 +156,7 @@ describe("reading the trail", () => {
   });
 
   test("userActivity and a filtered, paginated auditLogs agree with SQL", async () => {
-    const activity = await gql(api, `{ userActivity(userId: "alice-id") { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
+    const activity = await gql(api, `{ userActivity(userId: "alice-id", first: 100) { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
     const { rows: [{ n }] } = await db.pool.query(`select count(*)::int as n from audit.log where user_id = 'alice-id'`);
     expect(activity.body.data!.userActivity.totalCount).toBe(n);
 
@@ -192,7 +192,7 @@ describe("who may see what", () => {
   test("anonymous cannot read the trail; a user sees only their own rows; an auditor sees all", async () => {
     const anonymous = await gql(api, `{ auditLogs { totalCount } }`);
     expect(anonymous.body.errors?.[0]?.message).toBe("permission denied for view log");
-    const own = await gql(api, `{ auditLogs { totalCount nodes { userId } } }`, {}, { token: bob() });
+    const own = await gql(api, `{ auditLogs(first: 1000) { totalCount nodes { userId } } }`, {}, { token: bob() });
     const ids = new Set(own.body.data!.auditLogs.nodes.map((n: { userId: string }) => n.userId));
     expect([...ids]).toEqual(["bob-id"]);
     const all = await gql(api, `{ auditLogs { totalCount } }`, {}, { token: auditor() });
@@ -217,10 +217,10 @@ describe("who may see what", () => {
     const { rows: [leaks] } = await db.pool.query(
       `select count(*)::int as n from audit_private.log_entries e where e::text like any (array['%hunter2%', '%another-Secret%', '%$2a$%', '%$2b$%', '%password%'])`);
     expect(leaks.n).toBe(0);
-    const asked = await gql(api, `{ users { nodes { passwordHash } } }`, {}, { token: auditor() });
+    const asked = await gql(api, `{ users(first: 10) { nodes { passwordHash } } }`, {}, { token: auditor() });
     expect(asked.body.errors?.[0]?.message).toMatch(/^Cannot query field "passwordHash" on type "User"/);
     expect(JSON.stringify(asked.body)).not.toContain(stored.password_hash);
-    const listed = await gql(api, `{ users { nodes { email } } }`, {}, { token: alice() });
+    const listed = await gql(api, `{ users(first: 10) { nodes { email } } }`, {}, { token: alice() });
     expect(JSON.stringify(listed.body)).not.toMatch(/hunter2|\$2[aby]\$/);
   });
 });

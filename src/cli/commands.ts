@@ -127,7 +127,7 @@ export function buildProgram(): Command {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
       const api = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
-        production: process.env.NODE_ENV === "production", logger: logger(),
+        production: config.production, introspection: config.introspection, logger: logger(),
       });
       onShutdown(() => api.close());
       const base = `http://localhost:${new URL(api.url).port}`;
