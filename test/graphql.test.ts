@@ -298,6 +298,93 @@ describe("bad input is a clear 4xx", () => {
     }
   });
 
+  test("a token without an expiry (exp) is a 401", async () => {
+    const forever = jwt.sign({ sub: "x", role: "user" }, SECRET, { algorithm: "HS256" });
+    const result = await gql(api, `{ products { totalCount } }`, {}, { token: forever });
+    expect(result.status).toBe(401);
+    expect(result.body.errors?.[0]?.message).toBe('invalid token: the token has no expiry (exp): sign it with one, e.g. expiresIn: "1h"');
+  });
+
+  test("a token without a role acts as a user, not as an auditor", async () => {
+    const result = await gql(api, `{ auditLogs(first: 1000) { nodes { userId } } }`, {}, { token: token({ sub: "no-role-id" }) });
+    expect(result.body.errors).toBeUndefined();
+    expect(new Set(result.body.data!.auditLogs.nodes.map((n: { userId: string }) => n.userId))).toEqual(new Set(
+      (await db.pool.query(`select distinct user_id from audit.log where user_id = 'no-role-id'`)).rows.map((r) => r.user_id)));
+  });
+});
+
+describe("cost limits: one request cannot hold the database or the server's memory", () => {
+  const refused = (message: string) => ({ status: 400, body: { errors: [{ message }] } });
+  const answer = (r: GqlResponse) => ({ status: r.status, body: r.body });
+
+  test("a page larger than 1000 rows is refused, literally or through a variable", async () => {
+    expect(answer(await gql(api, `{ auditLogs(first: 1000000) { nodes { rowId } } }`, {}, { token: auditor() })))
+      .toEqual(refused("auditLogs: first is 1000000, at most 1000: page with after/before"));
+    expect(answer(await gql(api, `query($n: Int) { all: auditLogs(last: $n) { nodes { rowId } } }`, { n: 5000 }, { token: auditor() })))
+      .toEqual(refused("all (auditLogs): last is 5000, at most 1000: page with after/before"));
+  });
+
+  test("asking for a connection's rows without first/last is refused; counting them is not", async () => {
+    expect(answer(await gql(api, `{ products { nodes { name } } }`))).toEqual(refused("products: say how many rows with first: or last: (at most 1000)"));
+    expect(answer(await gql(api, `fragment P on ProductConnection { edges { node { name } } } { products { ...P } }`)))
+      .toEqual(refused("products: say how many rows with first: or last: (at most 1000)"));
+    const counted = await gql(api, `{ products { totalCount } }`);
+    expect(counted.status).toBe(200);
+    expect(counted.body.errors).toBeUndefined();
+  });
+
+  test("many aliases, or nested pages, cost too much and are refused before any SQL runs", async () => {
+    const aliases = Array.from({ length: 201 }, (_, i) => `a${i}: products { totalCount }`).join(" ");
+    expect(answer(await gql(api, `{ ${aliases} }`))).toEqual(refused(
+      "query is too costly: cost 20502, at most 20000 (every field counts once per row it can return, every connection 100): ask for smaller pages or fewer fields"));
+    const pages = Array.from({ length: 4 }, (_, i) => `p${i}: auditLogs(first: 1000) { nodes { rowId createdAt action entityId changes userId } }`).join(" ");
+    const costly = await gql(api, `{ ${pages} }`, {}, { token: auditor() });
+    expect(costly.status).toBe(400);
+    expect(costly.body.errors?.[0]?.message).toMatch(/^query is too costly: cost 24408, at most 20000/);
+  });
+
+  test("a statement that runs longer than the API's statement_timeout is cancelled with a message saying so", async () => {
+    await db.pool.query(`
+      create function app.slow_products() returns setof app.products language sql stable as $$ select p.* from app.products p, pg_sleep(5) $$;
+      grant execute on function app.slow_products() to cartop_user`);
+    const patient = await startServer({ databaseUrl: db.url, config: config(), statementTimeoutMs: 200 });
+    try {
+      const result = await gql(patient, `{ slowProducts(first: 1) { nodes { name } } }`, {}, { token: alice() });
+      expect(result.body.errors?.[0]?.message).toBe(
+        "canceling statement due to statement timeout (the API allows 0.2 s per statement): ask for smaller pages or narrower filters");
+      expect(result.body.data).toEqual({ slowProducts: null });
+    } finally {
+      await patient.close();
+      await db.pool.query(`drop function app.slow_products()`);
+    }
+  });
+});
+
+describe("the response size limit", () => {
+  test("a body over the limit becomes a 400 saying so; smaller ones pass untouched", async () => {
+    const { responseSize } = await import("../src/http/limits.ts");
+    const express = (await import("express")).default;
+    const app = express();
+    app.use(responseSize(1000));
+    app.get("/big", (_req, res) => { res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify({ data: "x".repeat(2000) })); });
+    app.get("/small", (_req, res) => { res.json({ data: "small" }); });
+    const server = app.listen(0);
+    try {
+      await new Promise((resolve) => server.once("listening", resolve));
+      const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+      const big = await fetch(`${base}/big`);
+      expect(big.status).toBe(400);
+      expect(await big.json()).toEqual({ errors: [{ message: "the response is 2011 bytes, more than the 1000-byte limit: ask for smaller pages or fewer fields" }] });
+      const small = await fetch(`${base}/small`);
+      expect(small.status).toBe(200);
+      expect(await small.json()).toEqual({ data: "small" });
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe("health", () => {
   test("GET /healthz checks the database", async () => {
     const response = await fetch(`${api.url}/healthz`);
     expect(response.status).toBe(200);

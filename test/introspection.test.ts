@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { getIntrospectionQuery } from "graphql";
 import { chromium } from "playwright-core";
+import { readConfig } from "../src/config.ts";
 import { startServer, type RunningServer } from "../src/http/app.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -113,4 +114,15 @@ test("GraphiQL loads the schema in a real browser: the Docs panel lists the sche
   } finally {
     await browser.close();
   }
+});
+
+test("GRAPHQL_INTROSPECTION: on by default, off by default with NODE_ENV=production, either way on request; a short JWT_SECRET is refused", () => {
+  expect(readConfig({}).introspection).toBe(true);
+  expect(readConfig({ NODE_ENV: "production" }).introspection).toBe(false);
+  expect(readConfig({ NODE_ENV: "production", GRAPHQL_INTROSPECTION: "on" }).introspection).toBe(true);
+  expect(readConfig({ GRAPHQL_INTROSPECTION: "off" }).introspection).toBe(false);
+  expect(() => readConfig({ GRAPHQL_INTROSPECTION: "maybe" })).toThrow('GRAPHQL_INTROSPECTION must be on or off, got "maybe"');
+  expect(() => readConfig({ JWT_SECRET: "0123456789" })).toThrow(
+    "JWT_SECRET is 10 characters, at least 32 are needed (a short HS256 secret can be guessed offline from one token): generate one with openssl rand -hex 32");
+  expect(readConfig({ JWT_SECRET: "x".repeat(32) }).jwtSecret).toBe("x".repeat(32));
 });

@@ -196,6 +196,34 @@ describe("GET /metrics", () => {
     expect(value(after, "cartop_audit_database_up")).toBe(1);
   });
 
+  test("malformed, too deep, too costly and non-JSON documents count under route /graphql and as request errors", async () => {
+    const requestErrors = 'cartop_audit_graphql_errors_total{kind="request"}';
+    const refused = 'cartop_audit_http_request_duration_seconds_count{route="/graphql",method="POST",status="400"}';
+    const before = await scrape();
+    const deep = `{ ${"query { ".repeat(13)}__typename${" }".repeat(13)} }`;
+    expect((await graphql(`{ products { totalCount }`)).status).toBe(400);
+    expect((await graphql(deep)).status).toBe(400);
+    expect((await graphql(`{ products { nodes { name } } }`)).status).toBe(400);
+    const notJson = await fetch(`${api.url}/graphql`, { method: "POST", headers: { "content-type": "application/json" }, body: "{not json" });
+    expect(notJson.status).toBe(400);
+    const after = await scrape();
+    expect(value(after, refused) - value(before, refused)).toBe(4);
+    expect(value(after, requestErrors) - value(before, requestErrors)).toBe(4);
+    expect(value(after, 'cartop_audit_http_request_duration_seconds_count{route="other",method="POST",status="400"}')).toBe(0);
+  });
+
+  test("/metrics is rate-limited per client", async () => {
+    const limited = await startServer({ databaseUrl: db.url, config: { port: 0, jwtSecret: undefined, trustProxy: false, rateLimitPerMinute: 10_000 },
+      metricsScrapesPerWindow: 2, rateLimitWindowMs: 60_000 });
+    try {
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await fetch(`${limited.url}/metrics`)).status);
+      expect(statuses).toEqual([200, 200, 429]);
+    } finally {
+      await limited.close();
+    }
+  });
+
   test("the example alert rules are well-formed, and every metric they use is one /metrics exposes", async () => {
     const rules = readFileSync(path.join(projectRoot, "ops/prometheus-alerts.yml"), "utf8");
     const parsed = parseYaml(rules) as { groups: { name: string; rules: Record<string, any>[] }[] };
