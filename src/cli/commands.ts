@@ -12,6 +12,7 @@ import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
 import { startWorker } from "../worker/worker.ts";
 import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
+import { recordRunning, runningFile, runningProject } from "./running.ts";
 
 let cliLogger: Logger | undefined;
 /** The process's structured logger (stderr), at LOG_LEVEL (info while the configuration is invalid, to report that). */
@@ -123,25 +124,36 @@ export function buildProgram(): Command {
       onShutdown(() => worker.stop());
       log("worker running (partitions, summary and seals hourly; coverage check every 10 minutes; archive daily)");
     }
+    let api: string | undefined;
     if (parts.api) {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
-      const api = await startServer({
+      const server = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
         production: config.production, introspection: config.introspection, logger: logger(),
       });
-      onShutdown(() => api.close());
-      const base = `http://localhost:${new URL(api.url).port}`;
-      log(`GraphQL API: ${base}/graphql   GraphiQL: ${base}/graphiql   health: ${base}/healthz`);
+      onShutdown(() => server.close());
+      api = `http://localhost:${new URL(server.url).port}`;
+      const graphiql = config.introspection ? `GraphiQL: ${api}/graphiql` : "GraphiQL: off (production; GRAPHQL_INTROSPECTION=on turns it on)";
+      log(`GraphQL API: ${api}/graphql   ${graphiql}   health: ${api}/healthz`);
     }
-    return database;
+    return { database, api };
   };
 
   program
     .command("start")
     .description("the whole system: migrate, then run the worker and the GraphQL API until Ctrl-C")
     .action(async () => {
+      const config = readConfig();
+      const file = runningFile(config.embeddedDataDir);
+      const running = await runningProject(file);
+      if (running) {
+        throw new Error(`this project is already running (pid ${running.pid}, since ${running.startedAt}): ` +
+          `API ${running.api}/graphql, database ${running.psql}. Stop it with Ctrl-C in its terminal (or kill ${running.pid}); ` +
+          "other commands (npx cartop-audit partitions list, …) use it as it is");
+      }
       await runUntilSignalled(async (onShutdown) => {
-        const database = await boot(onShutdown, { migrate: true, worker: true, api: true });
+        const { database, api } = await boot(onShutdown, { migrate: true, worker: true, api: true });
+        onShutdown(await recordRunning(file, { pid: process.pid, startedAt: new Date().toISOString(), api: api!, psql: psqlHint(database) }));
         log(`database ready; connect with: ${psqlHint(database)}`);
         log("the example schema is app (app.users, app.products); the audit trail is audit.log");
         log("press Ctrl-C to stop");
