@@ -56,6 +56,7 @@ async function gql(server: RunningServer, query: string, variables: Record<strin
 const alice = () => token({ sub: "alice-id", email: "alice@example.com", role: "user" });
 const bob = () => token({ sub: "bob-id", email: "bob@example.com", role: "user" });
 const auditor = () => token({ sub: "auditor-id", email: "audit@example.com", role: "auditor" });
+const admin = () => token({ sub: "admin-id", email: "admin@example.com", role: "admin" });
 
 describe("request context reaches the audit trail", () => {
   test("createUser, updateUser and deleteUser are attributed to the caller exactly", async () => {
@@ -64,24 +65,24 @@ describe("request context reaches the audit trail", () => {
     const headers = { "x-forwarded-for": "198.51.100.66, 203.0.113.77", "user-agent": "cartop-tests/1.0", "x-request-id": "req-context-1" };
     const created = await gql(api, `mutation($input: CreateUserInput!) { createUser(input: $input) { result { id rowId email firstName } } }`,
       { input: { email: "ada@example.com", firstName: "Ada", lastName: "Lovelace", password: "correct horse battery" } },
-      { token: alice(), headers });
+      { token: admin(), headers });
     expect(created.status).toBe(200);
     expect(created.headers.get("x-request-id")).toBe("req-context-1");
     const user = created.body.data!.createUser.result;
     expect(user).toMatchObject({ email: "ada@example.com", firstName: "Ada" });
 
     const updated = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "King" } }) { user { lastName } } }`,
-      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-2" } });
+      { id: user.id }, { token: admin(), headers: { ...headers, "x-request-id": "req-context-2" } });
     expect(updated.body).toEqual({ data: { updateUserById: { user: { lastName: "King" } } } });
     const deleted = await gql(api, `mutation($id: ID!) { deleteUserById(input: { id: $id }) { deletedUserId } }`,
-      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-3" } });
+      { id: user.id }, { token: admin(), headers: { ...headers, "x-request-id": "req-context-3" } });
     expect(deleted.status).toBe(200);
     expect(deleted.body.errors).toBeUndefined();
 
     const { rows } = await db.pool.query(
       `select action, user_id, user_email, host(ip_address) as ip, user_agent, request_id, db_user
          from audit.log where entity_name = 'users' and entity_id = $1 order by id`, [user.rowId]);
-    const who = { user_id: "alice-id", user_email: "alice@example.com", ip: "203.0.113.77", user_agent: "cartop-tests/1.0", db_user: "cartop_user" };
+    const who = { user_id: "admin-id", user_email: "admin@example.com", ip: "203.0.113.77", user_agent: "cartop-tests/1.0", db_user: "cartop_admin" };
     expect(rows).toEqual([
       { action: "INSERT", request_id: "req-context-1", ...who },
       { action: "UPDATE", request_id: "req-context-2", ...who },
@@ -208,10 +209,12 @@ describe("who may see what", () => {
 
   test("no password or password hash is ever in an audit row or a response", async () => {
     const created = await gql(api, `mutation { createUser(input: { email: "secret@example.com", password: "hunter2-Very-Secret" }) {
-        result { rowId email } } }`, {}, { token: alice() });
+        result { rowId email } } }`, {}, { token: admin() });
     const userId = created.body.data!.createUser.result.rowId;
-    await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "another-Secret-9" }) { result { rowId } } }`,
-      { id: userId }, { token: alice() });
+    // The user themselves (sub = their id) changes their password.
+    const changed = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "another-Secret-9" }) { result { rowId } } }`,
+      { id: userId }, { token: token({ sub: userId, role: "user" }) });
+    expect(changed.body.errors).toBeUndefined();
     const { rows: [stored] } = await db.pool.query(`select password_hash from app.users where id = $1`, [userId]);
     expect(stored.password_hash).toMatch(/^\$2[aby]\$08\$/);
     const { rows: [leaks] } = await db.pool.query(
@@ -220,8 +223,68 @@ describe("who may see what", () => {
     const asked = await gql(api, `{ users(first: 10) { nodes { passwordHash } } }`, {}, { token: auditor() });
     expect(asked.body.errors?.[0]?.message).toMatch(/^Cannot query field "passwordHash" on type "User"/);
     expect(JSON.stringify(asked.body)).not.toContain(stored.password_hash);
-    const listed = await gql(api, `{ users(first: 10) { nodes { email } } }`, {}, { token: alice() });
+    const listed = await gql(api, `{ users(first: 10) { nodes { email } } }`, {}, { token: admin() });
     expect(JSON.stringify(listed.body)).not.toMatch(/hunter2|\$2[aby]\$/);
+  });
+});
+
+describe("the example API: users change only themselves, an admin does the rest", () => {
+  let ada: { id: string; rowId: string };
+  let bea: { id: string; rowId: string };
+  const adaToken = () => token({ sub: ada.rowId, email: "ada@users.example", role: "user" });
+  const hashOf = async (id: string) => (await db.pool.query(`select password_hash from app.users where id = $1`, [id])).rows[0].password_hash;
+  beforeAll(async () => {
+    const create = async (email: string) => (await gql(api, `mutation($email: String!) { createUser(input: { email: $email, password: "initial-Pass-1" }) {
+        result { id rowId } } }`, { email }, { token: admin() })).body.data!.createUser.result;
+    ada = await create("ada@users.example");
+    bea = await create("bea@users.example");
+  });
+
+  test("a user reads only their own row: no other user's e-mail", async () => {
+    const listed = await gql(api, `{ users(first: 100) { nodes { email } } }`, {}, { token: adaToken() });
+    expect(listed.body).toEqual({ data: { users: { nodes: [{ email: "ada@users.example" }] } } });
+    const byId = await gql(api, `query($id: UUID!) { user(rowId: $id) { email } }`, { id: bea.rowId }, { token: adaToken() });
+    expect(byId.body).toEqual({ data: { user: null } });
+  });
+
+  test("a user cannot edit, delete, re-password or create other users; nothing changes", async () => {
+    const before = (await db.pool.query(`select * from app.users where id = $1`, [bea.rowId])).rows[0];
+    const edited = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "Pwned" } }) { user { lastName } } }`,
+      { id: bea.id }, { token: adaToken() });
+    expect(edited.body).toEqual({ data: { updateUserById: { user: null } } }); // no row of hers matched: nothing updated
+    const deleted = await gql(api, `mutation($id: ID!) { deleteUserById(input: { id: $id }) { deletedUserId } }`, { id: bea.id }, { token: adaToken() });
+    expect(deleted.body.errors?.[0]?.message).toBe("permission denied for table users");
+    const password = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "attacker-Pass-2" }) { result { rowId } } }`,
+      { id: bea.rowId }, { token: adaToken() });
+    expect(password.body.errors?.[0]?.message).toBe(`app.set_user_password: no user ${bea.rowId} that you may change`);
+    const created = await gql(api, `mutation { createUser(input: { email: "sock@users.example" }) { result { rowId } } }`, {}, { token: adaToken() });
+    expect(created.body.errors?.[0]?.message).toBe("permission denied for function create_user");
+    expect((await db.pool.query(`select * from app.users where id = $1`, [bea.rowId])).rows[0]).toEqual(before);
+    expect((await db.pool.query(`select count(*)::int as n from app.users where email = 'sock@users.example'`)).rows[0].n).toBe(0);
+  });
+
+  test("an auditor or anonymous caller cannot touch users at all", async () => {
+    for (const who of [auditor(), undefined]) {
+      const listed = await gql(api, `{ users(first: 100) { nodes { email } } }`, {}, { token: who });
+      expect(listed.body.errors?.[0]?.message).toBe("permission denied for table users");
+    }
+  });
+
+  test("a user edits their own row and password; an admin edits anyone's", async () => {
+    const own = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "Lovelace" } }) { user { lastName } } }`,
+      { id: ada.id }, { token: adaToken() });
+    expect(own.body).toEqual({ data: { updateUserById: { user: { lastName: "Lovelace" } } } });
+    const hash = await hashOf(ada.rowId);
+    const ownPassword = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "new-Pass-3" }) { result { rowId } } }`,
+      { id: ada.rowId }, { token: adaToken() });
+    expect(ownPassword.body).toEqual({ data: { setUserPassword: { result: { rowId: ada.rowId } } } });
+    expect(await hashOf(ada.rowId)).not.toBe(hash);
+    const byAdmin = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { firstName: "Bea" } }) { user { firstName } } }`,
+      { id: bea.id }, { token: admin() });
+    expect(byAdmin.body).toEqual({ data: { updateUserById: { user: { firstName: "Bea" } } } });
+    const adminPassword = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "reset-Pass-4" }) { result { rowId } } }`,
+      { id: bea.rowId }, { token: admin() });
+    expect(adminPassword.body.errors).toBeUndefined();
   });
 });
 
@@ -253,7 +316,7 @@ describe("bad input is a clear 4xx", () => {
     ["a forged signature", () => token({ sub: "x", role: "auditor" }, {}, "not-the-secret-0123456789-0123456789"), /^invalid token: invalid signature$/],
     ["an expired token", () => token({ sub: "x", role: "user" }, { expiresIn: -10 }), /^invalid token: jwt expired$/],
     ["a malformed token", () => "not.a.jwt", /^invalid token: /],
-    ["an unknown role", () => token({ sub: "x", role: "admin" }), /^invalid token: unknown role "admin"$/],
+    ["an unknown role", () => token({ sub: "x", role: "superuser" }), /^invalid token: unknown role "superuser"$/],
   ])("%s is a 401", async (_name, make, message) => {
     const result = await gql(api, `{ products { totalCount } }`, {}, { token: make() });
     expect(result.status).toBe(401);

@@ -33,13 +33,14 @@ export interface PresetOptions {
 /** request: the document was invalid; rejected: the database refused (permission, constraint, raise); internal: a bug or outage. */
 type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown, reference?: string) => void;
 
-const roles = { user: "cartop_user", auditor: "cartop_auditor" } as const;
+/** The JWT `role` claim selects the database role; no token: cartop_anonymous. */
+const roles = { user: "cartop_user", auditor: "cartop_auditor", admin: "cartop_admin" } as const;
 
 /** The transaction-local settings for one request: the role to act as and who is acting. */
 export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = API_STATEMENT_TIMEOUT_MS): Record<string, string> {
   const claims = identity.claims;
   const settings: Record<string, string> = {
-    role: claims?.role === "auditor" ? roles.auditor : claims ? roles.user : "cartop_anonymous",
+    role: claims ? roles[claims.role] : "cartop_anonymous",
     "audit.request_id": identity.requestId,
     // Role settings do not apply after SET ROLE, so the API's time limit travels with each transaction.
     statement_timeout: String(statementTimeoutMs),
