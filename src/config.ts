@@ -1,7 +1,7 @@
 // Configuration comes from the environment only (and an optional .env file); see .env.example.
 import { existsSync } from "node:fs";
 import path from "node:path";
-import { LOG_LEVELS } from "./log.ts";
+import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 
 export interface Config {
   /** Unset: an embedded PostgreSQL under `.data/` is started and used. */
@@ -24,6 +24,8 @@ export interface Config {
   retentionMonths: number;
   archiveDir: string;
   logLevel: string;
+  /** json or pretty; unset: pretty on a terminal, JSON otherwise. */
+  logFormat: (typeof LOG_FORMATS)[number] | undefined;
   /** Where the embedded PostgreSQL keeps its cluster. */
   embeddedDataDir: string;
   embeddedPort: number;
@@ -79,6 +81,13 @@ function logLevel(raw: string | undefined): string {
   return value;
 }
 
+function logFormat(raw: string | undefined): (typeof LOG_FORMATS)[number] | undefined {
+  const value = (raw ?? "").trim().toLowerCase();
+  if (value === "") return undefined;
+  if (!(LOG_FORMATS as readonly string[]).includes(value)) throw new Error(`LOG_FORMAT must be json or pretty, got "${raw}"`);
+  return value as (typeof LOG_FORMATS)[number];
+}
+
 /** Loads `.env` from the working directory (if present) into process.env, without overriding. */
 export function loadDotEnv(cwd = process.cwd()): void {
   const file = path.join(cwd, ".env");
@@ -100,6 +109,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     retentionMonths: integer(env, "AUDIT_RETENTION_MONTHS", 12, 1),
     archiveDir: path.resolve(env.AUDIT_ARCHIVE_DIR || "./data/archive"),
     logLevel: logLevel(env.LOG_LEVEL),
+    logFormat: logFormat(env.LOG_FORMAT),
     embeddedDataDir: path.resolve(env.EMBEDDED_PG_DIR || ".data/postgres"),
     embeddedPort: integer(env, "EMBEDDED_PG_PORT", 54329, 1),
   };
