@@ -142,6 +142,9 @@ export async function buildProgram(): Promise<Command> {
     let api: string | undefined;
     if (parts.api) {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
+      if (config.production && !config.metricsToken) {
+        logger().warn("METRICS_TOKEN is not set: GET /metrics is open to anyone who reaches this port (set it, or firewall the port)");
+      }
       const server = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
         production: config.production, introspection: config.introspection, logger: logger(),
