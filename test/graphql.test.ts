@@ -406,6 +406,15 @@ describe("cost limits: one request cannot hold the database or the server's memo
     expect(costly.body.errors?.[0]?.message).toMatch(/^query is too costly: cost 24408, at most 20000/);
   });
 
+  test("fragments that spread themselves, or double at every level, are refused before they are expanded", async () => {
+    expect(answer(await gql(api, `query { products { ...A } } fragment A on ProductConnection { nodes { ...B } } fragment B on Product { name ...A }`)))
+      .toEqual(refused("malformed GraphQL: fragment A spreads itself (A → B → A)"));
+    // F0 spreads F1 twice, F1 spreads F2 twice, …: 2^30 fields from a 2 kB document (expanding them would not end).
+    const fragments = Array.from({ length: 30 }, (_, i) => `fragment F${i} on Query { ${i === 29 ? "__typename" : `a: __typename ...F${i + 1} b: __typename ...F${i + 1}`} }`).join(" ");
+    expect(answer(await gql(api, `{ ...F0 } ${fragments}`)))
+      .toEqual(refused("the document expands to more than 10000 fields through its fragments: ask for less"));
+  });
+
   test("a statement that runs longer than the API's statement_timeout is cancelled with a message saying so", async () => {
     await db.pool.query(`
       create function app.slow_products() returns setof app.products language sql stable as $$ select p.* from app.products p, pg_sleep(5) $$;

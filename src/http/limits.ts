@@ -61,54 +61,72 @@ class Refusal extends Error {
 
 const isIntrospectionField = (name: string) => name === "__schema" || name === "__type";
 
-/** Depth of the deepest selection outside introspection, following fragment spreads (each once per path). */
-export function queryDepth(document: DocumentNode): number {
-  const fragments = fragmentsOf(document);
-  const depthOf = (set: SelectionSetNode, seen: Set<string>): number => {
-    let deepest = 0;
+/** Fields a document may expand to through its fragments (each spread counts again where it is used). */
+export const MAX_EXPANDED_FIELDS = 10_000;
+
+/**
+ * A document's fields with fragments expanded, on a budget: fragments that spread each other twice per level
+ * double with every level, so a 100 kB document could otherwise expand to billions of fields before any limit
+ * is checked. Fragment cycles (invalid GraphQL, and endless to expand) are refused first.
+ */
+class Expansion {
+  private readonly fragments = new Map<string, FragmentDefinitionNode>();
+  private left = MAX_EXPANDED_FIELDS;
+
+  constructor(document: DocumentNode) {
+    for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) this.fragments.set(d.name.value, d);
+    const spreadsOf = (set: SelectionSetNode): string[] => set.selections.flatMap((s) =>
+      s.kind === Kind.FRAGMENT_SPREAD ? [s.name.value] : s.selectionSet ? spreadsOf(s.selectionSet) : []);
+    const done = new Set<string>();
+    const visit = (name: string, path: string[]) => {
+      if (path.includes(name)) throw new Refusal(400, `malformed GraphQL: fragment ${name} spreads itself (${[...path, name].join(" → ")})`);
+      if (done.has(name)) return;
+      const fragment = this.fragments.get(name);
+      if (fragment) for (const next of spreadsOf(fragment.selectionSet)) visit(next, [...path, name]);
+      done.add(name);
+    };
+    for (const name of this.fragments.keys()) visit(name, []);
+  }
+
+  /** The fields of a selection set, inline fragments and spreads expanded. */
+  fields(set: SelectionSetNode): FieldNode[] {
+    const fields: FieldNode[] = [];
     for (const s of set.selections) {
       if (s.kind === Kind.FIELD) {
-        if (isIntrospectionField(s.name.value)) continue; // held to the introspection rules instead
-        deepest = Math.max(deepest, s.selectionSet ? 1 + depthOf(s.selectionSet, seen) : 1);
+        if (--this.left < 0) throw new Refusal(400, `the document expands to more than ${MAX_EXPANDED_FIELDS} fields through its fragments: ask for less`);
+        fields.push(s);
       } else if (s.kind === Kind.INLINE_FRAGMENT) {
-        deepest = Math.max(deepest, depthOf(s.selectionSet, seen));
+        fields.push(...this.fields(s.selectionSet));
       } else {
-        const fragment = fragments.get(s.name.value);
-        if (fragment && !seen.has(s.name.value)) deepest = Math.max(deepest, depthOf(fragment.selectionSet, new Set([...seen, s.name.value])));
+        const fragment = this.fragments.get(s.name.value);
+        if (fragment) fields.push(...this.fields(fragment.selectionSet));
       }
+    }
+    return fields;
+  }
+}
+
+const operationsOf = (document: DocumentNode) => document.definitions.filter((d) => d.kind === Kind.OPERATION_DEFINITION);
+
+/** Depth of the deepest selection outside introspection (which has its own rules), fragments expanded. */
+export function queryDepth(document: DocumentNode): number {
+  const expansion = new Expansion(document);
+  const depthOf = (set: SelectionSetNode): number => {
+    let deepest = 0;
+    for (const field of expansion.fields(set)) {
+      if (isIntrospectionField(field.name.value)) continue;
+      deepest = Math.max(deepest, field.selectionSet ? 1 + depthOf(field.selectionSet) : 1);
     }
     return deepest;
   };
-  let max = 0;
-  for (const d of document.definitions) if (d.kind === Kind.OPERATION_DEFINITION) max = Math.max(max, depthOf(d.selectionSet, new Set()));
-  return max;
-}
-
-function fragmentsOf(document: DocumentNode): Map<string, FragmentDefinitionNode> {
-  const fragments = new Map<string, FragmentDefinitionNode>();
-  for (const d of document.definitions) if (d.kind === Kind.FRAGMENT_DEFINITION) fragments.set(d.name.value, d);
-  return fragments;
-}
-
-/** The fields of a selection set with fragments expanded (a spread already on the path is skipped). */
-function fieldsOf(set: SelectionSetNode, fragments: Map<string, FragmentDefinitionNode>, seen: ReadonlySet<string>): FieldNode[] {
-  const fields: FieldNode[] = [];
-  for (const s of set.selections) {
-    if (s.kind === Kind.FIELD) fields.push(s);
-    else if (s.kind === Kind.INLINE_FRAGMENT) fields.push(...fieldsOf(s.selectionSet, fragments, seen));
-    else if (!seen.has(s.name.value)) {
-      const fragment = fragments.get(s.name.value);
-      if (fragment) fields.push(...fieldsOf(fragment.selectionSet, fragments, new Set([...seen, s.name.value])));
-    }
-  }
-  return fields;
+  return Math.max(0, ...operationsOf(document).map((d) => depthOf(d.selectionSet)));
 }
 
 /** Checks every `__schema`/`__type` subtree against the introspection rules. */
 function checkIntrospection(document: DocumentNode, allowed: boolean): void {
-  const fragments = fragmentsOf(document);
+  const expansion = new Expansion(document);
   let count = 0;
-  const walk = (fields: FieldNode[], depth: number, lists: ReadonlySet<string>, inside: boolean, seen: ReadonlySet<string>) => {
+  const walk = (fields: FieldNode[], depth: number, lists: ReadonlySet<string>, inside: boolean) => {
     for (const field of fields) {
       const name = field.name.value;
       let nextLists = lists;
@@ -124,14 +142,10 @@ function checkIntrospection(document: DocumentNode, allowed: boolean): void {
           nextLists = new Set([...lists, name]);
         }
       }
-      if (field.selectionSet) {
-        walk(fieldsOf(field.selectionSet, fragments, seen), introspecting ? depth + 1 : depth, nextLists, introspecting, seen);
-      }
+      if (field.selectionSet) walk(expansion.fields(field.selectionSet), introspecting ? depth + 1 : depth, nextLists, introspecting);
     }
   };
-  for (const d of document.definitions) {
-    if (d.kind === Kind.OPERATION_DEFINITION) walk(fieldsOf(d.selectionSet, fragments, new Set()), 1, new Set(), false, new Set());
-  }
+  for (const d of operationsOf(document)) walk(expansion.fields(d.selectionSet), 1, new Set(), false);
 }
 
 function isConnection(type: GraphQLNamedType | undefined): boolean {
@@ -154,8 +168,8 @@ function intArgument(field: FieldNode, name: string, variables: Record<string, u
  * `first` or `last`, at most MAX_PAGE_SIZE. Fields the schema does not know are left to GraphQL validation.
  */
 export function queryCost(schema: GraphQLSchema, document: DocumentNode, variables: Record<string, unknown>): number {
-  const fragments = fragmentsOf(document);
-  const costOf = (fields: FieldNode[], parent: GraphQLNamedType | undefined | null, rows: number, pageSize: number | undefined, seen: ReadonlySet<string>): number => {
+  const expansion = new Expansion(document);
+  const costOf = (fields: FieldNode[], parent: GraphQLNamedType | undefined | null, rows: number, pageSize: number | undefined): number => {
     let cost = 0;
     for (const field of fields) {
       const name = field.name.value;
@@ -164,7 +178,7 @@ export function queryCost(schema: GraphQLSchema, document: DocumentNode, variabl
       const type = definition ? getNamedType(definition.type) : undefined;
       cost += rows;
       if (!field.selectionSet) continue;
-      const children = fieldsOf(field.selectionSet, fragments, seen);
+      const children = expansion.fields(field.selectionSet);
       if (isConnection(type)) {
         const first = intArgument(field, "first", variables);
         const last = intArgument(field, "last", variables);
@@ -178,20 +192,19 @@ export function queryCost(schema: GraphQLSchema, document: DocumentNode, variabl
         if (first === undefined && last === undefined && children.some((c) => c.name.value === "nodes" || c.name.value === "edges")) {
           throw new Refusal(400, `${label}: say how many rows with first: or last: (at most ${MAX_PAGE_SIZE})`);
         }
-        cost += rows * CONNECTION_COST + costOf(children, type, rows, size, seen);
+        cost += rows * CONNECTION_COST + costOf(children, type, rows, size);
       } else {
         // The rows of a connection (`nodes`, `edges`) are its page size times whatever is around it.
         const many = pageSize !== undefined && (name === "nodes" || name === "edges");
-        cost += costOf(children, type ?? null, many ? rows * Math.max(pageSize, 1) : rows, undefined, seen);
+        cost += costOf(children, type ?? null, many ? rows * Math.max(pageSize, 1) : rows, undefined);
       }
     }
     return cost;
   };
   let max = 0;
-  for (const d of document.definitions) {
-    if (d.kind !== Kind.OPERATION_DEFINITION) continue;
+  for (const d of operationsOf(document)) {
     const root = d.operation === "query" ? schema.getQueryType() : d.operation === "mutation" ? schema.getMutationType() : schema.getSubscriptionType();
-    max = Math.max(max, costOf(fieldsOf(d.selectionSet, fragments, new Set()), root, 1, undefined, new Set()));
+    max = Math.max(max, costOf(expansion.fields(d.selectionSet), root, 1, undefined));
   }
   return max;
 }
