@@ -1,6 +1,6 @@
 -- Example activity for the README's reporting cookbook: API-style writes with context, a DBA's bulk
 -- fix without context, a key change and deletions. Run on a migrated database:
---   psql "$DATABASE_URL" -f bench/example-activity.sql
+--   npx cartop-audit demo    (or: psql "$DATABASE_URL" -f bench/example-activity.sql)
 begin;
 select audit.set_context(user_id => 'u-ada', user_email => 'ada@example.com', ip_address => '203.0.113.10',
                          user_agent => 'shop-web/2.1', request_id => 'req-1001');

@@ -1,7 +1,7 @@
 // Configuration comes from the environment only (and an optional .env file); see .env.example.
 import { existsSync } from "node:fs";
 import path from "node:path";
-import { LOG_LEVELS } from "./log.ts";
+import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 
 export interface Config {
   /** Unset: an embedded PostgreSQL under `.data/` is started and used. */
@@ -9,7 +9,12 @@ export interface Config {
   /** The API's query connection (as cartop_authenticator); unset: the DATABASE_URL connection, switching role per request. */
   authenticatorUrl: string | undefined;
   port: number;
+  /** HS256 secret for API tokens; at least MIN_JWT_SECRET_LENGTH characters. */
   jwtSecret: string | undefined;
+  /** NODE_ENV=production: unexpected errors are masked, introspection is off unless GRAPHQL_INTROSPECTION=on. */
+  production: boolean;
+  /** `__schema`/`__type` queries and GraphiQL at /graphiql. */
+  introspection: boolean;
   /** When set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
   metricsToken: string | undefined;
   /** Express "trust proxy": false, a number of proxy hops, or addresses/subnets of trusted proxies. */
@@ -19,6 +24,8 @@ export interface Config {
   retentionMonths: number;
   archiveDir: string;
   logLevel: string;
+  /** json or pretty; unset: pretty on a terminal, JSON otherwise. */
+  logFormat: (typeof LOG_FORMATS)[number] | undefined;
   /** Where the embedded PostgreSQL keeps its cluster. */
   embeddedDataDir: string;
   embeddedPort: number;
@@ -47,12 +54,38 @@ function trustProxy(raw: string | undefined): boolean | number | string {
   return raw!.trim();
 }
 
+export const MIN_JWT_SECRET_LENGTH = 32;
+
+function jwtSecret(raw: string | undefined): string | undefined {
+  if (!raw) return undefined;
+  if (raw.length < MIN_JWT_SECRET_LENGTH) {
+    throw new Error(`JWT_SECRET is ${raw.length} characters, at least ${MIN_JWT_SECRET_LENGTH} are needed (a short HS256 secret can be guessed offline from one token): generate one with openssl rand -hex 32`);
+  }
+  return raw;
+}
+
+/** GRAPHQL_INTROSPECTION: on/off; unset → on, except with NODE_ENV=production. */
+function introspection(raw: string | undefined, production: boolean): boolean {
+  const value = (raw ?? "").trim().toLowerCase();
+  if (value === "") return !production;
+  if (["1", "true", "yes", "on"].includes(value)) return true;
+  if (["0", "false", "no", "off"].includes(value)) return false;
+  throw new Error(`GRAPHQL_INTROSPECTION must be on or off, got "${raw}"`);
+}
+
 function logLevel(raw: string | undefined): string {
   const value = (raw || "info").trim().toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(value)) {
     throw new Error(`LOG_LEVEL must be one of ${LOG_LEVELS.join(", ")}, got "${raw}"`);
   }
   return value;
+}
+
+function logFormat(raw: string | undefined): (typeof LOG_FORMATS)[number] | undefined {
+  const value = (raw ?? "").trim().toLowerCase();
+  if (value === "") return undefined;
+  if (!(LOG_FORMATS as readonly string[]).includes(value)) throw new Error(`LOG_FORMAT must be json or pretty, got "${raw}"`);
+  return value as (typeof LOG_FORMATS)[number];
 }
 
 /** Loads `.env` from the working directory (if present) into process.env, without overriding. */
@@ -66,7 +99,9 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: env.DATABASE_URL || undefined,
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
     port: integer(env, "PORT", 3000, 1),
-    jwtSecret: env.JWT_SECRET || undefined,
+    jwtSecret: jwtSecret(env.JWT_SECRET),
+    production: env.NODE_ENV === "production",
+    introspection: introspection(env.GRAPHQL_INTROSPECTION, env.NODE_ENV === "production"),
     metricsToken: env.METRICS_TOKEN || undefined,
     trustProxy: trustProxy(env.TRUST_PROXY),
     rateLimitPerMinute: integer(env, "RATE_LIMIT_PER_MINUTE", 300, 1),
@@ -74,6 +109,7 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     retentionMonths: integer(env, "AUDIT_RETENTION_MONTHS", 12, 1),
     archiveDir: path.resolve(env.AUDIT_ARCHIVE_DIR || "./data/archive"),
     logLevel: logLevel(env.LOG_LEVEL),
+    logFormat: logFormat(env.LOG_FORMAT),
     embeddedDataDir: path.resolve(env.EMBEDDED_PG_DIR || ".data/postgres"),
     embeddedPort: integer(env, "EMBEDDED_PG_PORT", 54329, 1),
   };

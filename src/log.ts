@@ -1,8 +1,10 @@
-// Structured logs: one JSON object per line on stderr (stdout is the CLI's output), level from LOG_LEVEL.
+// Structured logs on stderr (stdout is the CLI's output), level from LOG_LEVEL: one JSON object per line,
+// or, on a terminal, pino-pretty's readable lines (LOG_FORMAT=json keeps JSON there too).
 // Every line written while a request is being handled carries its requestId, whichever code logs it:
 // the HTTP layer runs each request inside `withRequestContext`, and the logger mixes that context in.
 import { AsyncLocalStorage } from "node:async_hooks";
 import { pino, stdSerializers, type DestinationStream, type Logger } from "pino";
+import pretty from "pino-pretty";
 
 export type { Logger };
 
@@ -30,7 +32,17 @@ function errorSerializer(error: unknown): Record<string, unknown> {
   return { type, message, ...(typeof code === "string" ? { code } : {}), stack };
 }
 
-export function createLogger(level: string, destination?: DestinationStream): Logger {
+export const LOG_FORMATS = ["json", "pretty"] as const;
+
+/** Where lines go by default: pretty on a terminal (unless LOG_FORMAT=json), JSON otherwise. */
+function defaultDestination(format: (typeof LOG_FORMATS)[number] | undefined): DestinationStream {
+  if (format === "pretty" || (format === undefined && process.stderr.isTTY)) {
+    return pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,service" });
+  }
+  return pino.destination({ fd: 2, sync: true });
+}
+
+export function createLogger(level: string, destination?: DestinationStream, format?: (typeof LOG_FORMATS)[number]): Logger {
   return pino(
     {
       level,
@@ -45,6 +57,6 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
         censor: "[redacted]",
       },
     },
-    destination ?? pino.destination({ fd: 2, sync: true }),
+    destination ?? defaultDestination(format),
   );
 }

@@ -5,6 +5,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import net from "node:net";
+import { readFile } from "node:fs/promises";
 import { projectRoot } from "../src/db/sourceSql.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -34,9 +36,13 @@ interface Run {
 
 /** Runs `cartop-audit args…` with the project's Node, against the test database. */
 async function cli(...args: string[]): Promise<Run> {
+  return cliOn(db.url, {}, ...args);
+}
+
+async function cliOn(url: string, extraEnv: Record<string, string>, ...args: string[]): Promise<Run> {
   try {
     const { stdout, stderr } = await exec(process.execPath, [path.join(projectRoot, "src/main.ts"), ...args], {
-      env: { ...process.env, DATABASE_URL: db.url, AUDIT_ARCHIVE_DIR: dir, NODE_OPTIONS: "" },
+      env: { ...process.env, DATABASE_URL: url, AUDIT_ARCHIVE_DIR: dir, NODE_OPTIONS: "", ...extraEnv },
       cwd: dir,
     });
     return { code: 0, stdout, stderr };
@@ -71,10 +77,25 @@ describe("tracking", () => {
     expect(run.stderr).toContain('relation "public.nope" does not exist');
   });
 
-  test("untrack stops capture", async () => {
+  test("a history table fits the width (120 columns off a terminal): long values wrap", async () => {
+    await db.pool.query(`select audit.enable_tracking('public.widgets', masked_columns => '{secret}');
+                         insert into public.widgets values (2, $1, 'x')`.replace("$1", `'${"a long widget name ".repeat(20)}'`));
+    const table = await cli("history", "public.widgets", "2");
+    expect(table.code).toBe(0);
+    const lines = table.stdout.split("\n");
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(120);
+    // Wrapped, not cut: the value's end is there too.
+    expect(lines.length).toBeGreaterThan(6);
+    expect(table.stdout.replace(/[│\s]+/g, "")).toMatch(/"secret":"\[masked\]"}/);
+  });
+
+  test("untrack stops capture; untracking again says so and exits 0", async () => {
     const run = await cli("untrack", "public.widgets", "--json");
     expect(run.code).toBe(0);
-    expect(JSON.parse(run.stdout)).toEqual({ table: "public.widgets", tracked: false });
+    expect(JSON.parse(run.stdout)).toEqual({ table: "public.widgets", tracked: false, was_tracked: true });
+    const again = await cli("untrack", "public.widgets");
+    expect(again).toMatchObject({ code: 0, stdout: "public.widgets was not tracked: nothing to do\n" });
+    expect(JSON.parse((await cli("untrack", "public.widgets", "--json")).stdout)).toEqual({ table: "public.widgets", tracked: false, was_tracked: false });
   });
 });
 
@@ -127,6 +148,12 @@ describe("partitions", () => {
     expect((await cli("partitions", "check-default")).code).toBe(0);
   });
 
+  test("restore of a month that was never archived says so and lists the archived ones", async () => {
+    const run = await cli("partitions", "restore", "1999-01");
+    expect(run.code).toBe(1);
+    expect(run.stderr).toBe("cartop-audit: partitions restore: 1999-01 was never archived (audit.archives has no row for it); no month is archived\n");
+  });
+
   test("verify of a month without an archive fails with exit 1", async () => {
     const run = await cli("partitions", "verify", "1999-01", "--json");
     expect(run.code).toBe(1);
@@ -146,6 +173,11 @@ describe("usage errors exit with 2 and say what is wrong", () => {
     expect(run.stderr).toContain(message);
   });
 
+  test("--version prints the package version", async () => {
+    const { version } = JSON.parse(await readFile(path.join(projectRoot, "package.json"), "utf8")) as { version: string };
+    expect(await cli("--version")).toMatchObject({ code: 0, stdout: `${version}\n` });
+  });
+
   test("--help exits 0 and lists the commands", async () => {
     const run = await cli("--help");
     expect(run.code).toBe(0);
@@ -153,4 +185,41 @@ describe("usage errors exit with 2 and say what is wrong", () => {
       expect(run.stdout).toContain(command);
     }
   });
+});
+
+test("a busy PORT is one sentence, not a stack trace", async () => {
+  const busy = net.createServer();
+  await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
+  const { port } = busy.address() as net.AddressInfo;
+  try {
+    const run = await cliOn(db.url, { PORT: String(port), LOG_LEVEL: "silent" }, "serve");
+    expect(run.code).toBe(1);
+    expect(run.stderr).toBe(`cartop-audit: port ${port} is already in use (another cartop-audit, or another program): stop it, or set PORT to a free port\n`);
+  } finally {
+    busy.close();
+  }
+});
+
+test("seal summarises a backlog in one line and lists only the last days; --json lists every day", async () => {
+  const fresh = await createTestDatabase();
+  const second = await createTestDatabase();
+  try {
+    // Last month's partition: a backlog of at least 28 finished days, whatever today is.
+    for (const each of [fresh, second]) {
+      await each.pool.query(`select audit.create_partition(date_trunc('month', now() - interval '1 month')::date)`);
+    }
+    const listed = JSON.parse((await cliOn(fresh.url, { LOG_LEVEL: "silent" }, "seal", "--json")).stdout) as unknown[];
+    // Every finished day of last month (the last one may still be in its hour of grace) and of this one.
+    expect(listed.length).toBeGreaterThanOrEqual(27);
+    const days = listed.length;
+    // The same backlog as a table: a summary line, then the last 10 days.
+    const run = await cliOn(second.url, { LOG_LEVEL: "silent" }, "seal");
+    expect(run.code).toBe(0);
+    const lines = run.stdout.split("\n");
+    expect(lines[0]).toMatch(new RegExp(`^sealed ${days} days, \\d{4}-\\d{2}-01 to \\d{4}-\\d{2}-\\d{2} \\(0 audit rows\\); the last 10:$`));
+    expect(lines.filter((l) => /^│ \d{4}-\d{2}-\d{2}/.test(l))).toHaveLength(10);
+  } finally {
+    await fresh.drop();
+    await second.drop();
+  }
 });

@@ -56,6 +56,7 @@ async function gql(server: RunningServer, query: string, variables: Record<strin
 const alice = () => token({ sub: "alice-id", email: "alice@example.com", role: "user" });
 const bob = () => token({ sub: "bob-id", email: "bob@example.com", role: "user" });
 const auditor = () => token({ sub: "auditor-id", email: "audit@example.com", role: "auditor" });
+const admin = () => token({ sub: "admin-id", email: "admin@example.com", role: "admin" });
 
 describe("request context reaches the audit trail", () => {
   test("createUser, updateUser and deleteUser are attributed to the caller exactly", async () => {
@@ -64,24 +65,24 @@ describe("request context reaches the audit trail", () => {
     const headers = { "x-forwarded-for": "198.51.100.66, 203.0.113.77", "user-agent": "cartop-tests/1.0", "x-request-id": "req-context-1" };
     const created = await gql(api, `mutation($input: CreateUserInput!) { createUser(input: $input) { result { id rowId email firstName } } }`,
       { input: { email: "ada@example.com", firstName: "Ada", lastName: "Lovelace", password: "correct horse battery" } },
-      { token: alice(), headers });
+      { token: admin(), headers });
     expect(created.status).toBe(200);
     expect(created.headers.get("x-request-id")).toBe("req-context-1");
     const user = created.body.data!.createUser.result;
     expect(user).toMatchObject({ email: "ada@example.com", firstName: "Ada" });
 
     const updated = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "King" } }) { user { lastName } } }`,
-      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-2" } });
+      { id: user.id }, { token: admin(), headers: { ...headers, "x-request-id": "req-context-2" } });
     expect(updated.body).toEqual({ data: { updateUserById: { user: { lastName: "King" } } } });
     const deleted = await gql(api, `mutation($id: ID!) { deleteUserById(input: { id: $id }) { deletedUserId } }`,
-      { id: user.id }, { token: alice(), headers: { ...headers, "x-request-id": "req-context-3" } });
+      { id: user.id }, { token: admin(), headers: { ...headers, "x-request-id": "req-context-3" } });
     expect(deleted.status).toBe(200);
     expect(deleted.body.errors).toBeUndefined();
 
     const { rows } = await db.pool.query(
       `select action, user_id, user_email, host(ip_address) as ip, user_agent, request_id, db_user
          from audit.log where entity_name = 'users' and entity_id = $1 order by id`, [user.rowId]);
-    const who = { user_id: "alice-id", user_email: "alice@example.com", ip: "203.0.113.77", user_agent: "cartop-tests/1.0", db_user: "cartop_user" };
+    const who = { user_id: "admin-id", user_email: "admin@example.com", ip: "203.0.113.77", user_agent: "cartop-tests/1.0", db_user: "cartop_admin" };
     expect(rows).toEqual([
       { action: "INSERT", request_id: "req-context-1", ...who },
       { action: "UPDATE", request_id: "req-context-2", ...who },
@@ -130,7 +131,7 @@ describe("reading the trail", () => {
   });
 
   test("entityHistory returns one entity's rows newest first, agreeing with SQL", async () => {
-    const result = await gql(api, `query($id: String!) { entityHistory(entityName: "products", entityId: $id) {
+    const result = await gql(api, `query($id: String!) { entityHistory(entityName: "products", entityId: $id, first: 10) {
         nodes { rowId action changes userId } } }`, { id: productId }, { token: auditor() });
     const nodes = result.body.data!.entityHistory.nodes;
     expect(nodes.map((n: { action: string; changes: unknown }) => [n.action, n.changes])).toEqual([
@@ -156,7 +157,7 @@ describe("reading the trail", () => {
   });
 
   test("userActivity and a filtered, paginated auditLogs agree with SQL", async () => {
-    const activity = await gql(api, `{ userActivity(userId: "alice-id") { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
+    const activity = await gql(api, `{ userActivity(userId: "alice-id", first: 100) { totalCount nodes { entityName action } } }`, {}, { token: auditor() });
     const { rows: [{ n }] } = await db.pool.query(`select count(*)::int as n from audit.log where user_id = 'alice-id'`);
     expect(activity.body.data!.userActivity.totalCount).toBe(n);
 
@@ -192,7 +193,7 @@ describe("who may see what", () => {
   test("anonymous cannot read the trail; a user sees only their own rows; an auditor sees all", async () => {
     const anonymous = await gql(api, `{ auditLogs { totalCount } }`);
     expect(anonymous.body.errors?.[0]?.message).toBe("permission denied for view log");
-    const own = await gql(api, `{ auditLogs { totalCount nodes { userId } } }`, {}, { token: bob() });
+    const own = await gql(api, `{ auditLogs(first: 1000) { totalCount nodes { userId } } }`, {}, { token: bob() });
     const ids = new Set(own.body.data!.auditLogs.nodes.map((n: { userId: string }) => n.userId));
     expect([...ids]).toEqual(["bob-id"]);
     const all = await gql(api, `{ auditLogs { totalCount } }`, {}, { token: auditor() });
@@ -208,20 +209,82 @@ describe("who may see what", () => {
 
   test("no password or password hash is ever in an audit row or a response", async () => {
     const created = await gql(api, `mutation { createUser(input: { email: "secret@example.com", password: "hunter2-Very-Secret" }) {
-        result { rowId email } } }`, {}, { token: alice() });
+        result { rowId email } } }`, {}, { token: admin() });
     const userId = created.body.data!.createUser.result.rowId;
-    await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "another-Secret-9" }) { result { rowId } } }`,
-      { id: userId }, { token: alice() });
+    // The user themselves (sub = their id) changes their password.
+    const changed = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "another-Secret-9" }) { result { rowId } } }`,
+      { id: userId }, { token: token({ sub: userId, role: "user" }) });
+    expect(changed.body.errors).toBeUndefined();
     const { rows: [stored] } = await db.pool.query(`select password_hash from app.users where id = $1`, [userId]);
     expect(stored.password_hash).toMatch(/^\$2[aby]\$08\$/);
     const { rows: [leaks] } = await db.pool.query(
       `select count(*)::int as n from audit_private.log_entries e where e::text like any (array['%hunter2%', '%another-Secret%', '%$2a$%', '%$2b$%', '%password%'])`);
     expect(leaks.n).toBe(0);
-    const asked = await gql(api, `{ users { nodes { passwordHash } } }`, {}, { token: auditor() });
+    const asked = await gql(api, `{ users(first: 10) { nodes { passwordHash } } }`, {}, { token: auditor() });
     expect(asked.body.errors?.[0]?.message).toMatch(/^Cannot query field "passwordHash" on type "User"/);
     expect(JSON.stringify(asked.body)).not.toContain(stored.password_hash);
-    const listed = await gql(api, `{ users { nodes { email } } }`, {}, { token: alice() });
+    const listed = await gql(api, `{ users(first: 10) { nodes { email } } }`, {}, { token: admin() });
     expect(JSON.stringify(listed.body)).not.toMatch(/hunter2|\$2[aby]\$/);
+  });
+});
+
+describe("the example API: users change only themselves, an admin does the rest", () => {
+  let ada: { id: string; rowId: string };
+  let bea: { id: string; rowId: string };
+  const adaToken = () => token({ sub: ada.rowId, email: "ada@users.example", role: "user" });
+  const hashOf = async (id: string) => (await db.pool.query(`select password_hash from app.users where id = $1`, [id])).rows[0].password_hash;
+  beforeAll(async () => {
+    const create = async (email: string) => (await gql(api, `mutation($email: String!) { createUser(input: { email: $email, password: "initial-Pass-1" }) {
+        result { id rowId } } }`, { email }, { token: admin() })).body.data!.createUser.result;
+    ada = await create("ada@users.example");
+    bea = await create("bea@users.example");
+  });
+
+  test("a user reads only their own row: no other user's e-mail", async () => {
+    const listed = await gql(api, `{ users(first: 100) { nodes { email } } }`, {}, { token: adaToken() });
+    expect(listed.body).toEqual({ data: { users: { nodes: [{ email: "ada@users.example" }] } } });
+    const byId = await gql(api, `query($id: UUID!) { user(rowId: $id) { email } }`, { id: bea.rowId }, { token: adaToken() });
+    expect(byId.body).toEqual({ data: { user: null } });
+  });
+
+  test("a user cannot edit, delete, re-password or create other users; nothing changes", async () => {
+    const before = (await db.pool.query(`select * from app.users where id = $1`, [bea.rowId])).rows[0];
+    const edited = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "Pwned" } }) { user { lastName } } }`,
+      { id: bea.id }, { token: adaToken() });
+    expect(edited.body).toEqual({ data: { updateUserById: { user: null } } }); // no row of hers matched: nothing updated
+    const deleted = await gql(api, `mutation($id: ID!) { deleteUserById(input: { id: $id }) { deletedUserId } }`, { id: bea.id }, { token: adaToken() });
+    expect(deleted.body.errors?.[0]?.message).toBe("permission denied for table users");
+    const password = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "attacker-Pass-2" }) { result { rowId } } }`,
+      { id: bea.rowId }, { token: adaToken() });
+    expect(password.body.errors?.[0]?.message).toBe(`app.set_user_password: no user ${bea.rowId} that you may change`);
+    const created = await gql(api, `mutation { createUser(input: { email: "sock@users.example" }) { result { rowId } } }`, {}, { token: adaToken() });
+    expect(created.body.errors?.[0]?.message).toBe("permission denied for function create_user");
+    expect((await db.pool.query(`select * from app.users where id = $1`, [bea.rowId])).rows[0]).toEqual(before);
+    expect((await db.pool.query(`select count(*)::int as n from app.users where email = 'sock@users.example'`)).rows[0].n).toBe(0);
+  });
+
+  test("an auditor or anonymous caller cannot touch users at all", async () => {
+    for (const who of [auditor(), undefined]) {
+      const listed = await gql(api, `{ users(first: 100) { nodes { email } } }`, {}, { token: who });
+      expect(listed.body.errors?.[0]?.message).toBe("permission denied for table users");
+    }
+  });
+
+  test("a user edits their own row and password; an admin edits anyone's", async () => {
+    const own = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { lastName: "Lovelace" } }) { user { lastName } } }`,
+      { id: ada.id }, { token: adaToken() });
+    expect(own.body).toEqual({ data: { updateUserById: { user: { lastName: "Lovelace" } } } });
+    const hash = await hashOf(ada.rowId);
+    const ownPassword = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "new-Pass-3" }) { result { rowId } } }`,
+      { id: ada.rowId }, { token: adaToken() });
+    expect(ownPassword.body).toEqual({ data: { setUserPassword: { result: { rowId: ada.rowId } } } });
+    expect(await hashOf(ada.rowId)).not.toBe(hash);
+    const byAdmin = await gql(api, `mutation($id: ID!) { updateUserById(input: { id: $id, patch: { firstName: "Bea" } }) { user { firstName } } }`,
+      { id: bea.id }, { token: admin() });
+    expect(byAdmin.body).toEqual({ data: { updateUserById: { user: { firstName: "Bea" } } } });
+    const adminPassword = await gql(api, `mutation($id: UUID!) { setUserPassword(input: { userId: $id, password: "reset-Pass-4" }) { result { rowId } } }`,
+      { id: bea.rowId }, { token: admin() });
+    expect(adminPassword.body.errors).toBeUndefined();
   });
 });
 
@@ -253,7 +316,7 @@ describe("bad input is a clear 4xx", () => {
     ["a forged signature", () => token({ sub: "x", role: "auditor" }, {}, "not-the-secret-0123456789-0123456789"), /^invalid token: invalid signature$/],
     ["an expired token", () => token({ sub: "x", role: "user" }, { expiresIn: -10 }), /^invalid token: jwt expired$/],
     ["a malformed token", () => "not.a.jwt", /^invalid token: /],
-    ["an unknown role", () => token({ sub: "x", role: "admin" }), /^invalid token: unknown role "admin"$/],
+    ["an unknown role", () => token({ sub: "x", role: "superuser" }), /^invalid token: unknown role "superuser"$/],
   ])("%s is a 401", async (_name, make, message) => {
     const result = await gql(api, `{ products { totalCount } }`, {}, { token: make() });
     expect(result.status).toBe(401);
@@ -295,6 +358,102 @@ describe("bad input is a clear 4xx", () => {
     }
   });
 
+  test("a token without an expiry (exp) is a 401", async () => {
+    const forever = jwt.sign({ sub: "x", role: "user" }, SECRET, { algorithm: "HS256" });
+    const result = await gql(api, `{ products { totalCount } }`, {}, { token: forever });
+    expect(result.status).toBe(401);
+    expect(result.body.errors?.[0]?.message).toBe('invalid token: the token has no expiry (exp): sign it with one, e.g. expiresIn: "1h"');
+  });
+
+  test("a token without a role acts as a user, not as an auditor", async () => {
+    const result = await gql(api, `{ auditLogs(first: 1000) { nodes { userId } } }`, {}, { token: token({ sub: "no-role-id" }) });
+    expect(result.body.errors).toBeUndefined();
+    expect(new Set(result.body.data!.auditLogs.nodes.map((n: { userId: string }) => n.userId))).toEqual(new Set(
+      (await db.pool.query(`select distinct user_id from audit.log where user_id = 'no-role-id'`)).rows.map((r) => r.user_id)));
+  });
+});
+
+describe("cost limits: one request cannot hold the database or the server's memory", () => {
+  const refused = (message: string) => ({ status: 400, body: { errors: [{ message }] } });
+  const answer = (r: GqlResponse) => ({ status: r.status, body: r.body });
+
+  test("a page larger than 1000 rows is refused, literally or through a variable", async () => {
+    expect(answer(await gql(api, `{ auditLogs(first: 1000000) { nodes { rowId } } }`, {}, { token: auditor() })))
+      .toEqual(refused("auditLogs: first is 1000000, at most 1000: page with after/before"));
+    expect(answer(await gql(api, `query($n: Int) { all: auditLogs(last: $n) { nodes { rowId } } }`, { n: 5000 }, { token: auditor() })))
+      .toEqual(refused("all (auditLogs): last is 5000, at most 1000: page with after/before"));
+  });
+
+  test("asking for a connection's rows without first/last is refused; counting them is not", async () => {
+    expect(answer(await gql(api, `{ products { nodes { name } } }`))).toEqual(refused("products: say how many rows with first: or last: (at most 1000)"));
+    expect(answer(await gql(api, `fragment P on ProductConnection { edges { node { name } } } { products { ...P } }`)))
+      .toEqual(refused("products: say how many rows with first: or last: (at most 1000)"));
+    const counted = await gql(api, `{ products { totalCount } }`);
+    expect(counted.status).toBe(200);
+    expect(counted.body.errors).toBeUndefined();
+  });
+
+  test("many aliases, or nested pages, cost too much and are refused before any SQL runs", async () => {
+    const aliases = Array.from({ length: 201 }, (_, i) => `a${i}: products { totalCount }`).join(" ");
+    expect(answer(await gql(api, `{ ${aliases} }`))).toEqual(refused(
+      "query is too costly: cost 20502, at most 20000 (every field counts once per row it can return, every connection 100): ask for smaller pages or fewer fields"));
+    const pages = Array.from({ length: 4 }, (_, i) => `p${i}: auditLogs(first: 1000) { nodes { rowId createdAt action entityId changes userId } }`).join(" ");
+    const costly = await gql(api, `{ ${pages} }`, {}, { token: auditor() });
+    expect(costly.status).toBe(400);
+    expect(costly.body.errors?.[0]?.message).toMatch(/^query is too costly: cost 24408, at most 20000/);
+  });
+
+  test("fragments that spread themselves, or double at every level, are refused before they are expanded", async () => {
+    expect(answer(await gql(api, `query { products { ...A } } fragment A on ProductConnection { nodes { ...B } } fragment B on Product { name ...A }`)))
+      .toEqual(refused("malformed GraphQL: fragment A spreads itself (A → B → A)"));
+    // F0 spreads F1 twice, F1 spreads F2 twice, …: 2^30 fields from a 2 kB document (expanding them would not end).
+    const fragments = Array.from({ length: 30 }, (_, i) => `fragment F${i} on Query { ${i === 29 ? "__typename" : `a: __typename ...F${i + 1} b: __typename ...F${i + 1}`} }`).join(" ");
+    expect(answer(await gql(api, `{ ...F0 } ${fragments}`)))
+      .toEqual(refused("the document expands to more than 10000 fields through its fragments: ask for less"));
+  });
+
+  test("a statement that runs longer than the API's statement_timeout is cancelled with a message saying so", async () => {
+    await db.pool.query(`
+      create function app.slow_products() returns setof app.products language sql stable as $$ select p.* from app.products p, pg_sleep(5) $$;
+      grant execute on function app.slow_products() to cartop_user`);
+    const patient = await startServer({ databaseUrl: db.url, config: config(), statementTimeoutMs: 200 });
+    try {
+      const result = await gql(patient, `{ slowProducts(first: 1) { nodes { name } } }`, {}, { token: alice() });
+      expect(result.body.errors?.[0]?.message).toBe(
+        "canceling statement due to statement timeout (the API allows 0.2 s per statement): ask for smaller pages or narrower filters");
+      expect(result.body.data).toEqual({ slowProducts: null });
+    } finally {
+      await patient.close();
+      await db.pool.query(`drop function app.slow_products()`);
+    }
+  });
+});
+
+describe("the response size limit", () => {
+  test("a body over the limit becomes a 400 saying so; smaller ones pass untouched", async () => {
+    const { responseSize } = await import("../src/http/limits.ts");
+    const express = (await import("express")).default;
+    const app = express();
+    app.use(responseSize(1000));
+    app.get("/big", (_req, res) => { res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify({ data: "x".repeat(2000) })); });
+    app.get("/small", (_req, res) => { res.json({ data: "small" }); });
+    const server = app.listen(0);
+    try {
+      await new Promise((resolve) => server.once("listening", resolve));
+      const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+      const big = await fetch(`${base}/big`);
+      expect(big.status).toBe(400);
+      expect(await big.json()).toEqual({ errors: [{ message: "the response is 2011 bytes, more than the 1000-byte limit: ask for smaller pages or fewer fields" }] });
+      const small = await fetch(`${base}/small`);
+      expect(small.status).toBe(200);
+      expect(await small.json()).toEqual({ data: "small" });
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe("health", () => {
   test("GET /healthz checks the database", async () => {
     const response = await fetch(`${api.url}/healthz`);
     expect(response.status).toBe(200);

@@ -188,7 +188,7 @@ describe("GET /metrics", () => {
   test("GraphQL requests are timed, errors counted by kind, and pool use is shown", async () => {
     const requests = 'cartop_audit_http_request_duration_seconds_count{route="/graphql",method="POST",status="200"}';
     const before = await scrape();
-    expect((await graphql(`{ __typename }`)).status).toBe(200);
+    expect((await graphql(`{ products { totalCount } }`)).status).toBe(200);
     expect((await graphql(`{ noSuchField }`)).body.errors).toHaveLength(1);
     const after = await scrape();
     expect(value(after, requests) - value(before, requests)).toBe(2);
@@ -199,6 +199,34 @@ describe("GET /metrics", () => {
       expect(after).toMatch(new RegExp(`^cartop_audit_db_pool_connections\\{pool="api",state="${state}"\\} \\d+$`, "m"));
     }
     expect(value(after, "cartop_audit_database_up")).toBe(1);
+  });
+
+  test("malformed, too deep, too costly and non-JSON documents count under route /graphql and as request errors", async () => {
+    const requestErrors = 'cartop_audit_graphql_errors_total{kind="request"}';
+    const refused = 'cartop_audit_http_request_duration_seconds_count{route="/graphql",method="POST",status="400"}';
+    const before = await scrape();
+    const deep = `{ ${"query { ".repeat(13)}__typename${" }".repeat(13)} }`;
+    expect((await graphql(`{ products { totalCount }`)).status).toBe(400);
+    expect((await graphql(deep)).status).toBe(400);
+    expect((await graphql(`{ products { nodes { name } } }`)).status).toBe(400);
+    const notJson = await fetch(`${api.url}/graphql`, { method: "POST", headers: { "content-type": "application/json" }, body: "{not json" });
+    expect(notJson.status).toBe(400);
+    const after = await scrape();
+    expect(value(after, refused) - value(before, refused)).toBe(4);
+    expect(value(after, requestErrors) - value(before, requestErrors)).toBe(4);
+    expect(value(after, 'cartop_audit_http_request_duration_seconds_count{route="other",method="POST",status="400"}')).toBe(0);
+  });
+
+  test("/metrics is rate-limited per client", async () => {
+    const limited = await startServer({ databaseUrl: db.url, config: { port: 0, jwtSecret: undefined, trustProxy: false, rateLimitPerMinute: 10_000 },
+      metricsScrapesPerWindow: 2, rateLimitWindowMs: 60_000 });
+    try {
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await fetch(`${limited.url}/metrics`)).status);
+      expect(statuses).toEqual([200, 200, 429]);
+    } finally {
+      await limited.close();
+    }
   });
 
   test("the example alert rules are well-formed, and every metric they use is one /metrics exposes", async () => {
@@ -220,7 +248,7 @@ describe("GET /metrics", () => {
 describe("structured logs", () => {
   test("every line logged for a request carries its request id, and no token or password appears anywhere", async () => {
     const password = "hunter2-Do-Not-Log-Me";
-    const token = jwt.sign({ sub: "logger-id", role: "user" }, SECRET, { algorithm: "HS256", expiresIn: "5m" });
+    const token = jwt.sign({ sub: "logger-id", role: "admin" }, SECRET, { algorithm: "HS256", expiresIn: "5m" });
     const forged = jwt.sign({ sub: "mallory", role: "auditor" }, "not-the-secret", { algorithm: "HS256" });
     const from = logLines.length;
     const created = await graphql(

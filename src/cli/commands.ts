@@ -1,5 +1,7 @@
 // The `cartop-audit` command line. Exit codes: 0 success, 1 failure (including a failed verify),
 // 2 usage error (unknown command or option, bad argument).
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
 import { archiveMonth, restoreMonth, verifyArchive } from "../archive/archive.ts";
@@ -7,23 +9,26 @@ import { parseMonth } from "../archive/files.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { projectRoot } from "../db/sourceSql.ts";
 import { startServer } from "../http/app.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
 import { startWorker } from "../worker/worker.ts";
-import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
+import { phasedProgress, printResult, printRows, progress, snakeCase, type OutputOptions } from "./output.ts";
+import { recordRunning, runningFile, runningProject } from "./running.ts";
 
 let cliLogger: Logger | undefined;
 /** The process's structured logger (stderr), at LOG_LEVEL (info while the configuration is invalid, to report that). */
 function logger(): Logger {
   if (!cliLogger) {
     let level = "info";
+    let format: Config["logFormat"];
     try {
-      level = readConfig().logLevel;
+      ({ logLevel: level, logFormat: format } = readConfig());
     } catch {
       // the command itself reports the configuration error
     }
-    cliLogger = createLogger(level);
+    cliLogger = createLogger(level, undefined, format);
   }
   return cliLogger;
 }
@@ -100,9 +105,20 @@ function jsonOption() {
   return new Option("--json", "print JSON instead of a table");
 }
 
-export function buildProgram(): Command {
+/** `seal` lists at most this many days; a longer run is summarised. */
+const SEAL_ROWS_LISTED = 10;
+
+/** The README's example activity (`cartop-audit demo`). */
+export const demoActivityFile = path.join(projectRoot, "bench/example-activity.sql");
+
+async function packageVersion(): Promise<string> {
+  return (JSON.parse(await readFile(path.join(projectRoot, "package.json"), "utf8")) as { version: string }).version;
+}
+
+export async function buildProgram(): Promise<Command> {
   const program = new Command()
     .name("cartop-audit")
+    .version(await packageVersion(), "-V, --version", "print the version")
     .description("PostgreSQL audit trail captured by triggers: migrate, run the worker, manage tracking and partitions")
     .showHelpAfterError()
     .exitOverride();
@@ -123,25 +139,39 @@ export function buildProgram(): Command {
       onShutdown(() => worker.stop());
       log("worker running (partitions, summary and seals hourly; coverage check every 10 minutes; archive daily)");
     }
+    let api: string | undefined;
     if (parts.api) {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
-      const api = await startServer({
+      if (config.production && !config.metricsToken) {
+        logger().warn("METRICS_TOKEN is not set: GET /metrics is open to anyone who reaches this port (set it, or firewall the port)");
+      }
+      const server = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
-        production: process.env.NODE_ENV === "production", logger: logger(),
+        production: config.production, introspection: config.introspection, logger: logger(),
       });
-      onShutdown(() => api.close());
-      const base = `http://localhost:${new URL(api.url).port}`;
-      log(`GraphQL API: ${base}/graphql   GraphiQL: ${base}/graphiql   health: ${base}/healthz`);
+      onShutdown(() => server.close());
+      api = `http://localhost:${new URL(server.url).port}`;
+      const graphiql = config.introspection ? `GraphiQL: ${api}/graphiql` : "GraphiQL: off (production; GRAPHQL_INTROSPECTION=on turns it on)";
+      log(`GraphQL API: ${api}/graphql   ${graphiql}   health: ${api}/healthz`);
     }
-    return database;
+    return { database, api };
   };
 
   program
     .command("start")
     .description("the whole system: migrate, then run the worker and the GraphQL API until Ctrl-C")
     .action(async () => {
+      const config = readConfig();
+      const file = runningFile(config.embeddedDataDir);
+      const running = await runningProject(file);
+      if (running) {
+        throw new Error(`this project is already running (pid ${running.pid}, since ${running.startedAt}): ` +
+          `API ${running.api}/graphql, database ${running.psql}. Stop it with Ctrl-C in its terminal (or kill ${running.pid}); ` +
+          "other commands (npx cartop-audit partitions list, …) use it as it is");
+      }
       await runUntilSignalled(async (onShutdown) => {
-        const database = await boot(onShutdown, { migrate: true, worker: true, api: true });
+        const { database, api } = await boot(onShutdown, { migrate: true, worker: true, api: true });
+        onShutdown(await recordRunning(file, { pid: process.pid, startedAt: new Date().toISOString(), api: api!, psql: psqlHint(database) }));
         log(`database ready; connect with: ${psqlHint(database)}`);
         log("the example schema is app (app.users, app.products); the audit trail is audit.log");
         log("press Ctrl-C to stop");
@@ -179,6 +209,33 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("demo")
+    .description("migrate, then load the README's example activity (API writes with context, a bulk fix, deletions)")
+    .addOption(jsonOption())
+    .action(async (options: OutputOptions) => {
+      await withDatabase(async (pool, _config, database) => {
+        await runMigrations(database.url, { log });
+        // Its own connection, named, so the rows written without a user show where they came from.
+        const client = new pg.Client({ connectionString: database.url, application_name: "cartop-audit demo" });
+        await client.connect();
+        try {
+          const { rowCount } = await client.query("select from app.users where email = 'grace@example.com'");
+          if (rowCount) throw new Error("demo: the example activity is already loaded here (app.users has grace@example.com); load it into a fresh database");
+          // One statement at a time, as psql -f would send them: each gets its own statement time (created_at),
+          // as writes from an application would.
+          for (const statement of (await readFile(demoActivityFile, "utf8")).split(/;\s*\n/)) {
+            if (statement.replace(/--.*$/gm, "").trim()) await client.query(statement);
+          }
+        } finally {
+          await client.end();
+        }
+        const { rows } = await pool.query(
+          `select entity_name, action, count(*)::int as rows from audit.log where request_id like 'req-10%' or application_name = 'cartop-audit demo' group by 1, 2 order by 1, 2`);
+        printRows(rows, options);
+      });
+    });
+
+  program
     .command("track")
     .description("start auditing a table (again: replace its options)")
     .argument("<table>", "schema-qualified table, e.g. app.users")
@@ -203,8 +260,16 @@ export function buildProgram(): Command {
     .addOption(jsonOption())
     .action(async (table: string, options: OutputOptions) => {
       await withDatabase(async (pool) => {
-        await pool.query("select audit.disable_tracking($1::regclass)", [table]);
-        printResult({ table, tracked: false }, options);
+        try {
+          await pool.query("select audit.disable_tracking($1::regclass)", [table]);
+        } catch (error) {
+          // Not tracked: already in the state asked for, so not a failure (exit 0), but say so.
+          if ((error as { code?: string }).code !== "42704") throw error;
+          if (!options.json) process.stdout.write(`${table} was not tracked: nothing to do\n`);
+          else printResult({ table, tracked: false, was_tracked: false }, options);
+          return;
+        }
+        printResult(options.json ? { table, tracked: false, was_tracked: true } : { table, tracked: false }, options);
       });
     });
 
@@ -254,8 +319,12 @@ export function buildProgram(): Command {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
-        printRows(sealed.map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest })), options, "nothing to seal");
+        const sealed = (await sealDays(pool, { archiveDir: config.archiveDir })).map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest }));
+        if (options.json || sealed.length <= SEAL_ROWS_LISTED) return printRows(sealed, options, "nothing to seal");
+        // A backlog (the first run over a long trail) is one summary, not a line per day.
+        const rows = sealed.reduce((sum, s) => sum + Number(s.rows), 0);
+        process.stdout.write(`sealed ${sealed.length} days, ${sealed[0]!.day} to ${sealed.at(-1)!.day} (${rows} audit rows); the last ${SEAL_ROWS_LISTED}:\n`);
+        printRows(sealed.slice(-SEAL_ROWS_LISTED), options);
       });
     });
 
@@ -271,9 +340,9 @@ export function buildProgram(): Command {
         verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
         .finally(() => bar.stop());
       if (options.json) {
-        printResult({ ...report }, options);
+        printResult(snakeCase({ ...report }), options);
       } else {
-        const { problems, ...summary } = report;
+        const { problems, ...summary } = snakeCase(report);
         printResult(summary, options);
         if (problems.length) printRows(problems.map((p) => ({ ...p })), options);
         else process.stdout.write("every sealed day matches its rows\n");
@@ -353,7 +422,7 @@ export function buildProgram(): Command {
           [options.olderThan ?? config.retentionMonths]);
         const results = [];
         for (const { month } of rows) {
-          const bar = progress(`archive ${month.slice(0, 7)}`, options);
+          const bar = phasedProgress(`archive ${month.slice(0, 7)}`, ["export", "verify"], options);
           try {
             results.push(await archiveMonth(pool, month, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) }));
           } finally {
@@ -371,6 +440,13 @@ export function buildProgram(): Command {
     .addOption(jsonOption())
     .action(async (first: string, options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
+        const { rows: known } = await pool.query<{ month: string; status: string }>(
+          "select to_char(month, 'YYYY-MM') as month, status from audit.archives order by month");
+        if (!known.some((a) => a.month === first.slice(0, 7))) {
+          const archived = known.filter((a) => a.status === "archived").map((a) => a.month);
+          throw new Error(`partitions restore: ${first.slice(0, 7)} was never archived (audit.archives has no row for it); ` +
+            (archived.length ? `archived months: ${archived.join(", ")}` : "no month is archived"));
+        }
         const bar = progress(`restore ${first.slice(0, 7)}`, options);
         try {
           printResult({ ...(await restoreMonth(pool, first, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) })) }, options);
@@ -402,7 +478,7 @@ export function buildProgram(): Command {
 
 /** Parses and runs; returns the exit code. */
 export async function runCli(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram();
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === "number" ? process.exitCode : 0;

@@ -17,9 +17,39 @@ export function printRows(rows: Record<string, unknown>[], options: OutputOption
     return;
   }
   const head = Object.keys(rows[0]!);
-  const table = new Table({ head, style: { head: [], border: [] } });
-  for (const row of rows) table.push(head.map((key) => display(row[key])));
+  const cells = rows.map((row) => head.map((key) => display(row[key])));
+  const table = new Table({
+    head, style: { head: [], border: [] },
+    colWidths: columnWidths(head, cells, process.stdout.columns || DEFAULT_WIDTH).map((w) => w + 2),
+    wordWrap: true, wrapOnWordBoundary: false,
+  });
+  for (const row of cells) table.push(row);
   process.stdout.write(`${table.toString()}\n`);
+}
+
+/** Tables fit this many columns when stdout is not a terminal (a file, a pipe). */
+const DEFAULT_WIDTH = 120;
+const MIN_COLUMN = 8;
+
+/** Content widths that fit `width`: each column as wide as its longest line, the widest shrunk first (they wrap). */
+export function columnWidths(head: string[], rows: string[][], width: number): number[] {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => Math.max(...(r[i] ?? "").split("\n").map((l) => l.length)))));
+  const available = width - (3 * head.length + 1); // borders and padding
+  while (widths.reduce((a, b) => a + b, 0) > available) {
+    const widest = widths.indexOf(Math.max(...widths));
+    if (widths[widest]! <= MIN_COLUMN) break;
+    widths[widest]!--;
+  }
+  return widths;
+}
+
+/** Keys of a result object in snake_case, as every other command prints them (SQL column names). */
+export function snakeCase<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(snakeCase) as T;
+  if (value && typeof value === "object" && !(value instanceof Date)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), snakeCase(v)])) as T;
+  }
+  return value;
 }
 
 /** Prints one result object (JSON with --json, `key: value` lines otherwise). */
@@ -66,5 +96,26 @@ export function progress(label: string, options: OutputOptions, unit = "rows"): 
     stop() {
       if (running) bar.stop();
     },
+  };
+}
+
+/**
+ * One named bar per phase of a job that reports rows phase after phase (archive: export, then verify), so a
+ * bar never jumps back from 100% to 1%. A count lower than the last one starts the next phase.
+ */
+export function phasedProgress(label: string, phases: readonly string[], options: OutputOptions): Progress {
+  let index = 0;
+  let last = 0;
+  let bar = progress(`${label} ${phases[0]}`, options);
+  return {
+    update(rows, total) {
+      if (rows < last && index < phases.length - 1) {
+        bar.stop();
+        bar = progress(`${label} ${phases[++index]}`, options);
+      }
+      last = rows;
+      bar.update(rows, total);
+    },
+    stop: () => bar.stop(),
   };
 }

@@ -9,6 +9,7 @@ import { makePgService } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import type { RequestIdentity } from "../http/identity.ts";
+import { API_STATEMENT_TIMEOUT_MS } from "../http/limits.ts";
 import { smartTagsPlugin } from "./smartTags.ts";
 
 export interface PresetOptions {
@@ -19,6 +20,10 @@ export interface PresetOptions {
   superuserPool?: pg.Pool;
   /** Owner connection, for introspection and watch fixtures. */
   superuserConnectionString?: string;
+  /** Serve GraphiQL at /graphiql (only where introspection is allowed: it needs it). */
+  graphiql?: boolean;
+  /** statement_timeout of API transactions; API_STATEMENT_TIMEOUT_MS unless a test shortens it. */
+  statementTimeoutMs?: number;
   /** Hide internals of errors (production). */
   maskErrors?: boolean;
   /** Told of every error returned to a client (for metrics and the log). */
@@ -28,14 +33,17 @@ export interface PresetOptions {
 /** request: the document was invalid; rejected: the database refused (permission, constraint, raise); internal: a bug or outage. */
 type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown, reference?: string) => void;
 
-const roles = { user: "cartop_user", auditor: "cartop_auditor" } as const;
+/** The JWT `role` claim selects the database role; no token: cartop_anonymous. */
+const roles = { user: "cartop_user", auditor: "cartop_auditor", admin: "cartop_admin" } as const;
 
 /** The transaction-local settings for one request: the role to act as and who is acting. */
-export function pgSettingsFor(identity: RequestIdentity): Record<string, string> {
+export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = API_STATEMENT_TIMEOUT_MS): Record<string, string> {
   const claims = identity.claims;
   const settings: Record<string, string> = {
-    role: claims?.role === "auditor" ? roles.auditor : claims ? roles.user : "cartop_anonymous",
+    role: claims ? roles[claims.role] : "cartop_anonymous",
     "audit.request_id": identity.requestId,
+    // Role settings do not apply after SET ROLE, so the API's time limit travels with each transaction.
+    statement_timeout: String(statementTimeoutMs),
   };
   if (claims?.sub) settings["audit.user_id"] = claims.sub;
   if (claims?.email) settings["audit.user_email"] = claims.email;
@@ -90,15 +98,15 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
         const req = requestContext.expressv4?.req;
         const identity = (req as { identity?: RequestIdentity } | undefined)?.identity;
         if (!identity) throw new Error("request identity missing: the identity middleware must run before GraphQL");
-        return { pgSettings: pgSettingsFor(identity) };
+        return { pgSettings: pgSettingsFor(identity, options.statementTimeoutMs) };
       },
     },
     grafserv: {
       graphqlPath: "/graphql",
       graphiqlPath: "/graphiql",
-      graphiql: true,
+      graphiql: options.graphiql ?? true,
       watch: false,
-      maskError: (error) => maskError(error, options.maskErrors ?? false, options.onError ?? (() => {})),
+      maskError: (error) => maskError(error, options.maskErrors ?? false, options.onError ?? (() => {}), options.statementTimeoutMs ?? API_STATEMENT_TIMEOUT_MS),
     },
   };
 }
@@ -108,15 +116,18 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
  * exception we raise on purpose) pass through with their message. Anything else, in production, becomes
  * a reference the operator can find in the log; no stack traces or internals reach the client.
  */
-function maskError(error: GraphQLError, production: boolean, report: ErrorReporter): GraphQLError {
+function maskError(error: GraphQLError, production: boolean, report: ErrorReporter, statementTimeoutMs: number): GraphQLError {
   const original = error.originalError as { code?: unknown } | undefined;
   if (!original || original instanceof GraphQLError) {
     report("request", error);
     return error;
   }
-  if (typeof original.code === "string" && /^(22|23|42501|P0001|28)/.test(original.code)) {
+  // 57014: statement_timeout (the API's time limit) — the client can act on it by asking for less.
+  if (typeof original.code === "string" && /^(22|23|42501|P0001|28|57014)/.test(original.code)) {
     report("rejected", original);
-    return new GraphQLError(original instanceof Error ? original.message : error.message, {
+    const message = original instanceof Error ? original.message : error.message;
+    const hint = original.code === "57014" ? ` (the API allows ${statementTimeoutMs / 1000} s per statement): ask for smaller pages or narrower filters` : "";
+    return new GraphQLError(message + hint, {
       nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
       extensions: { code: original.code },
     });

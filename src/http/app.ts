@@ -12,7 +12,7 @@ import { makePreset } from "../graphql/preset.ts";
 import { createLogger, withRequestContext, type Logger } from "../log.ts";
 import { createMetrics } from "../metrics.ts";
 import { identity, requestId, sendError } from "./identity.ts";
-import { documentChecks, MAX_DOCUMENT_BYTES, requestRate } from "./limits.ts";
+import { documentChecks, MAX_DOCUMENT_BYTES, requestRate, responseSize } from "./limits.ts";
 
 export interface ServerOptions {
   /** Owner connection (introspection, health check). */
@@ -23,6 +23,12 @@ export interface ServerOptions {
   /** Where request and error lines go; default: nothing is logged. */
   logger?: Logger;
   production?: boolean;
+  /** `__schema`/`__type` queries and GraphiQL; default: on unless `production`. */
+  introspection?: boolean;
+  /** GET /metrics per client per window; METRICS_SCRAPES_PER_MINUTE unless a test lowers it. */
+  metricsScrapesPerWindow?: number;
+  /** statement_timeout of API transactions; API_STATEMENT_TIMEOUT_MS unless a test shortens it. */
+  statementTimeoutMs?: number;
   /** Rate-limit window; a minute unless a test shortens it. */
   rateLimitWindowMs?: number;
 }
@@ -76,6 +82,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       res.status(503).json({ status: "unavailable", error: (error as Error).message });
     }
   });
+  // Each scrape costs a few queries: a client hammering /metrics must not load the database.
+  app.use("/metrics", requestRate(options.metricsScrapesPerWindow ?? METRICS_SCRAPES_PER_MINUTE, options.rateLimitWindowMs));
   app.get("/metrics", async (req, res) => {
     if (config.metricsToken && !sameSecret(req.get("authorization") ?? "", `Bearer ${config.metricsToken}`)) {
       return sendError(res, 401, "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'");
@@ -83,25 +91,30 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     res.type("text/plain; version=0.0.4; charset=utf-8").send(await metrics.render());
   });
 
-  app.use("/graphql", requestRate(config.rateLimitPerMinute, options.rateLimitWindowMs));
-  app.use("/graphql", express.json({ limit: MAX_DOCUMENT_BYTES }));
-  app.use("/graphql", identity(config.jwtSecret));
-  app.use("/graphql", documentChecks);
-  app.use("/graphql", countRejectedDocuments(() => metrics.countGraphqlError("request")));
-  app.use("/graphiql", identity(config.jwtSecret));
-
+  const introspection = options.introspection ?? !options.production;
   const pgl = postgraphile(makePreset({
     connectionString: options.authenticatorUrl ?? options.databaseUrl,
     pool: apiPool,
     superuserPool: ownerPool,
     superuserConnectionString: options.databaseUrl,
     maskErrors: options.production,
+    graphiql: introspection,
+    statementTimeoutMs: options.statementTimeoutMs,
     onError(kind, error, reference) {
       metrics.countGraphqlError(kind);
       if (kind === "internal") logger.error({ err: error, reference }, "GraphQL request failed");
       else logger.debug({ kind, message: (error as Error).message }, "GraphQL error returned to the client");
     },
   }));
+
+  app.use("/graphql", countRefusedDocuments(() => metrics.countGraphqlError("request")));
+  app.use("/graphql", requestRate(config.rateLimitPerMinute, options.rateLimitWindowMs));
+  app.use("/graphql", express.json({ limit: MAX_DOCUMENT_BYTES }));
+  app.use("/graphql", identity(config.jwtSecret));
+  app.use("/graphql", documentChecks({ schema: async () => pgl.getSchema(), introspection }));
+  app.use("/graphql", responseSize());
+  app.use("/graphiql", identity(config.jwtSecret));
+
   const serv = pgl.createServ(grafserv);
   const server = http.createServer(app);
   await serv.addTo(app, server);
@@ -115,7 +128,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     return sendError(res, 500, "internal error");
   });
 
-  await new Promise<void>((resolve) => server.listen(config.port, resolve));
+  // Build the schema before accepting requests: a broken schema fails the start, not the first request.
+  await pgl.getSchema();
+  await listen(server, config.port);
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
@@ -130,9 +145,24 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   };
 }
 
+/** Listens on `port`; a busy port is one sentence saying what to do, not an EADDRINUSE stack trace. */
+function listen(server: http.Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", (error: NodeJS.ErrnoException) => {
+      reject(error.code === "EADDRINUSE"
+        ? new Error(`port ${port} is already in use (another cartop-audit, or another program): stop it, or set PORT to a free port`)
+        : error);
+    });
+    server.listen(port, () => resolve());
+  });
+}
+
 function requestIdOf(req: http.IncomingMessage): string {
   return (req as Request & { requestId: string }).requestId;
 }
+
+/** Scrapes per minute per client: Prometheus scrapes every 15-60 s. */
+const METRICS_SCRAPES_PER_MINUTE = 60;
 
 const knownRoutes = new Set(["/graphql", "/graphiql", "/healthz", "/metrics"]);
 
@@ -140,29 +170,36 @@ const knownRoutes = new Set(["/graphql", "/graphiql", "/healthz", "/metrics"]);
 function timeRequests(observe: (route: string, method: string, status: number, seconds: number) => void) {
   return (req: Request, res: Response, next: NextFunction) => {
     const started = process.hrtime.bigint();
-    res.on("finish", () => {
-      const route = knownRoutes.has(req.path) ? req.path : "other";
-      observe(route, req.method, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9);
-    });
+    // Read now: a middleware mounted at /graphql that answers itself leaves req.path relative ("/").
+    const route = knownRoutes.has(req.path) ? req.path : "other";
+    res.on("finish", () => observe(route, req.method, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
     next();
   };
 }
 
 /**
- * Documents that fail to parse or validate never reach maskError: grafserv answers them with a payload of
- * only `errors` (no `data` key). Count those responses; everything else is counted in maskError.
+ * Counts documents refused before execution as GraphQL errors of kind "request": our own checks (not JSON,
+ * malformed, too deep or costly, introspection off: 400/403/413, a response too large) and grafserv's
+ * validation errors (400, or a 200 whose payload is only `errors` when the client accepts application/json).
+ * Errors during execution reach maskError and are counted there. Bad tokens (401) and the rate limit (429)
+ * are not document errors; they show in the request histogram's status label.
  */
-function countRejectedDocuments(count: () => void) {
+function countRefusedDocuments(count: () => void) {
   return (_req: Request, res: Response, next: NextFunction) => {
     const end = res.end.bind(res) as (...args: unknown[]) => Response;
     res.end = ((...args: unknown[]) => {
-      const body = args[0];
-      const text = typeof body === "string" ? body : Buffer.isBuffer(body) ? body.toString("utf8", 0, Math.min(body.length, 4096)) : "";
-      if (text.startsWith('{"errors":') && !(Buffer.isBuffer(body) ? body.includes('"data":') : text.includes('"data":'))) count();
+      if (refusedDocument(res.statusCode, args[0])) count();
       return end(...args);
     }) as Response["end"];
     next();
   };
+}
+
+function refusedDocument(status: number, body: unknown): boolean {
+  if (status === 400 || status === 403 || status === 413) return true;
+  if (status !== 200) return false;
+  const text = typeof body === "string" ? body : Buffer.isBuffer(body) ? body.toString("utf8", 0, Math.min(body.length, 4096)) : "";
+  return text.startsWith('{"errors":') && !(Buffer.isBuffer(body) ? body.includes('"data":') : text.includes('"data":'));
 }
 
 /** Compares a presented secret in constant time (hashing first gives both sides the same length). */

@@ -6,7 +6,7 @@ import jwt from "jsonwebtoken";
 export interface Claims {
   sub: string;
   email?: string;
-  role: "user" | "auditor";
+  role: "user" | "auditor" | "admin";
 }
 
 export interface RequestIdentity {
@@ -38,8 +38,11 @@ function claimsFrom(payload: string | jwt.JwtPayload): Claims {
   if (typeof payload === "string" || typeof payload.sub !== "string" || payload.sub === "") {
     throw new Error("the token has no subject (sub)");
   }
+  // A token that never expires is a password that can never be changed: refuse it.
+  if (typeof payload.exp !== "number") throw new Error("the token has no expiry (exp): sign it with one, e.g. expiresIn: \"1h\"");
+  // No role claim: the least privileged signed-in role.
   const role = payload.role ?? "user";
-  if (role !== "user" && role !== "auditor") throw new Error(`unknown role "${String(role)}"`);
+  if (role !== "user" && role !== "auditor" && role !== "admin") throw new Error(`unknown role "${String(role)}"`);
   if (payload.email !== undefined && typeof payload.email !== "string") throw new Error("email must be a string");
   return { sub: payload.sub, email: payload.email, role };
 }
