@@ -60,6 +60,24 @@ drop function if exists audit_private.type_has_equality(text);
 --   text   json (its exact text: spacing, key order, duplicate keys), enums, composites, user-defined and
 --          extension types, arrays of them: a JSON string of the text form
 -- SQL NULL is always JSON null. README "Values in the trail" documents the mapping and how to decode it.
+-- A type with its domains looked through.
+create or replace function audit_private.base_type(type_oid oid)
+  returns oid
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t pg_type;
+begin
+  select * into t from pg_type where oid = type_oid;
+  while t.typtype = 'd' loop
+    select * into t from pg_type where oid = t.typbasetype;
+  end loop;
+  return t.oid;
+end
+$$;
+
 create or replace function audit_private.value_kind(type_oid oid)
   returns text
   language plpgsql
@@ -70,10 +88,7 @@ declare
   t pg_type;
   element oid;
 begin
-  select * into t from pg_type where oid = type_oid;
-  while t.typtype = 'd' loop
-    select * into t from pg_type where oid = t.typbasetype;
-  end loop;
+  select * into t from pg_type where oid = audit_private.base_type(type_oid);
   -- Types created after initdb (by users or extensions) and non-base types: only their text form is safe.
   if t.oid >= 16384 or t.typtype <> 'b' or t.typrelid <> 0 then
     return 'text';

@@ -101,16 +101,22 @@ drop policy if exists capture_appends on audit_private.log_entries;
 create policy capture_appends on audit_private.log_entries
   for insert to cartop_capture with check (true);
 
--- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from the
--- API's own login, cartop_authenticator (which sets it from a verified JWT on every request; nobody else can
--- log in as it or SET ROLE to it). A SQL login's own rows are those recorded under its login name.
+-- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from a
+-- login that could read every row anyway: the API's login cartop_authenticator (a member of cartop_auditor,
+-- which sets it from a verified JWT on every request), a superuser, or the owner of the trail (the
+-- migrating role, which the API uses when AUTHENTICATOR_DATABASE_URL is unset). For such a login the
+-- setting only narrows what it sees. Any other SQL login reads the rows recorded under its login name.
 create or replace function audit_private.reader_user_id()
   returns text
   language sql
   stable
   parallel safe
+  set search_path = pg_catalog, pg_temp
 as $$
-  select case when session_user = 'cartop_authenticator' then audit_private.setting('audit.user_id')
+  select case when exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+                or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
+                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER')
+              then audit_private.setting('audit.user_id')
               else session_user::text end
 $$;
 

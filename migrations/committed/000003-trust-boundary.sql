@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:88882070ab2fc4b6dddeab668e200e576ae6c6dc
+--! Hash: sha1:d0dc4facbf4f5a64d3b946c57caff22b565b7136
 --! Message: trust boundary
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -109,6 +109,11 @@ comment on table audit.log_default is
 -- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
 -- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
 
+-- Held (SHARE ROW EXCLUSIVE, which conflicts with itself) while partitions are created; holds no rows.
+create table if not exists audit_private.partition_maintenance ();
+revoke all on audit_private.partition_maintenance from public;
+comment on table audit_private.partition_maintenance is 'Lock only: serialises partition creation (no rows)';
+
 create or replace function audit_private.partition_name(month date)
   returns text
   language sql
@@ -150,7 +155,9 @@ as $$
 $$;
 
 -- Creates the partition for one month if it does not exist; returns its name.
--- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- Concurrent callers are serialised by a lock on audit_private.partition_maintenance, so two workers racing
+-- both succeed. (Not an advisory lock: any role can take one of those and stall partition upkeep; locking
+-- this table takes privileges only the owner has.)
 -- If the default partition already holds rows of that month, they are moved into the new partition in
 -- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
 create or replace function audit.create_partition(month date)
@@ -167,7 +174,7 @@ begin
   if month is null then
     raise exception 'audit.create_partition: month must not be null';
   end if;
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
   if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
     return part_name;
@@ -232,7 +239,7 @@ begin
     raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
   end if;
   -- The same lock as create_partition: a racing caller waits here, then finds the months made.
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   for i in 0 .. months_ahead loop
     part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
     if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
@@ -520,6 +527,24 @@ drop function if exists audit_private.type_has_equality(text);
 --   text   json (its exact text: spacing, key order, duplicate keys), enums, composites, user-defined and
 --          extension types, arrays of them: a JSON string of the text form
 -- SQL NULL is always JSON null. README "Values in the trail" documents the mapping and how to decode it.
+-- A type with its domains looked through.
+create or replace function audit_private.base_type(type_oid oid)
+  returns oid
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  t pg_type;
+begin
+  select * into t from pg_type where oid = type_oid;
+  while t.typtype = 'd' loop
+    select * into t from pg_type where oid = t.typbasetype;
+  end loop;
+  return t.oid;
+end
+$$;
+
 create or replace function audit_private.value_kind(type_oid oid)
   returns text
   language plpgsql
@@ -530,10 +555,7 @@ declare
   t pg_type;
   element oid;
 begin
-  select * into t from pg_type where oid = type_oid;
-  while t.typtype = 'd' loop
-    select * into t from pg_type where oid = t.typbasetype;
-  end loop;
+  select * into t from pg_type where oid = audit_private.base_type(type_oid);
   -- Types created after initdb (by users or extensions) and non-base types: only their text form is safe.
   if t.oid >= 16384 or t.typtype <> 'b' or t.typrelid <> 0 then
     return 'text';
@@ -1395,16 +1417,22 @@ drop policy if exists capture_appends on audit_private.log_entries;
 create policy capture_appends on audit_private.log_entries
   for insert to cartop_capture with check (true);
 
--- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from the
--- API's own login, cartop_authenticator (which sets it from a verified JWT on every request; nobody else can
--- log in as it or SET ROLE to it). A SQL login's own rows are those recorded under its login name.
+-- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from a
+-- login that could read every row anyway: the API's login cartop_authenticator (a member of cartop_auditor,
+-- which sets it from a verified JWT on every request), a superuser, or the owner of the trail (the
+-- migrating role, which the API uses when AUTHENTICATOR_DATABASE_URL is unset). For such a login the
+-- setting only narrows what it sees. Any other SQL login reads the rows recorded under its login name.
 create or replace function audit_private.reader_user_id()
   returns text
   language sql
   stable
   parallel safe
+  set search_path = pg_catalog, pg_temp
 as $$
-  select case when session_user = 'cartop_authenticator' then audit_private.setting('audit.user_id')
+  select case when exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+                or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
+                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER')
+              then audit_private.setting('audit.user_id')
               else session_user::text end
 $$;
 
@@ -1695,7 +1723,8 @@ declare
   today date := (now() at time zone 'UTC')::date;
   added integer;
 begin
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:activity-summary'));
+  -- A table lock, not an advisory lock (any role could take that key and stall the summary).
+  lock table audit_private.activity_summary_state in share row exclusive mode;
   live_from := audit_private.activity_live_from();
   if live_from >= (today::timestamp at time zone 'UTC') then
     return 0;
@@ -1780,6 +1809,48 @@ grant select on audit.changes to cartop_user, cartop_auditor;
 -- Counts cover everybody's activity: auditors only.
 grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
+
+-- A row of the trail (old_value, new_value, row_as_of) back as a row of its table, exactly: decodes the
+-- mapping of audit_private.value_kind (README "Values in the trail"). Excluded columns come back null,
+-- masked ones fail to decode unless text-like. Decode with the table's row type as it was when the row was
+-- written. security invoker: the caller's casts and domain checks are the caller's business.
+create or replace function audit.row_from_trail(row_type anyelement, trail jsonb)
+  returns anyelement
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  type_relid oid := (select typrelid from pg_type where oid = pg_typeof(row_type));
+  fields text;
+  result alias for $0;
+begin
+  if type_relid is null or type_relid = 0 then
+    raise exception 'audit.row_from_trail: % is not a table''s row type', pg_typeof(row_type)
+      using errcode = 'wrong_object_type', hint = 'Pass null::schema.table as the first argument.';
+  end if;
+  -- json and jsonb values need their own decoding; every other value is what jsonb_populate_record reads
+  -- (numbers and booleans, JSON arrays, and strings through the type's input function).
+  select string_agg(case
+           when audit_private.base_type(a.atttypid) = 'json'::regtype then format('($2 ->> %L)::%s', a.attname, format_type(a.atttypid, a.atttypmod))
+           when audit_private.base_type(a.atttypid) = 'jsonb'::regtype then format(
+             'case jsonb_typeof($2 -> %1$L) when ''string'' then ($2 ->> %1$L)::jsonb when ''null'' then null else $2 -> %1$L end::%2$s',
+             a.attname, format_type(a.atttypid, a.atttypmod))
+           else format('r.%I', a.attname) end, ', ' order by a.attnum)
+    into fields
+  from pg_attribute a where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped;
+  execute format('select %s from jsonb_populate_record($1, $2 - %L::text[]) r', fields,
+                 (select coalesce(array_agg(a.attname::text), '{}') from pg_attribute a
+                  where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped
+                    and audit_private.base_type(a.atttypid) in ('json'::regtype, 'jsonb'::regtype)))
+    into result using row_type, trail;
+  return result;
+end
+$$;
+
+comment on function audit.row_from_trail(anyelement, jsonb) is 'A row of the trail (old_value, new_value, row_as_of) as a row of its table: audit.row_from_trail(null::app.products, new_value)';
+
+grant execute on function audit.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;
 
 -- source: integrity/13_seals.sql
 -- Tamper-evident seals: one row per finished UTC day of the trail, holding a digest of that day's rows and
