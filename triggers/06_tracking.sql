@@ -409,6 +409,16 @@ begin
                               || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
       x.function_name);
   end loop;
+  -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
+  -- twice: remove it, now that the real ones are in place.
+  for x in
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
+                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+  loop
+    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
+  end loop;
 end
 $$;
 

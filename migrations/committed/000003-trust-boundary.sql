@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:d0dc4facbf4f5a64d3b946c57caff22b565b7136
+--! Hash: sha1:3170c60d3a9ccb4d085ac31bce09621f2eff4795
 --! Message: trust boundary
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -875,6 +875,16 @@ begin
            else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
                               || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
       x.function_name);
+  end loop;
+  -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
+  -- twice: remove it, now that the real ones are in place.
+  for x in
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
+                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+  loop
+    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
   end loop;
 end
 $$;
