@@ -139,7 +139,7 @@ describe("finding 1: nothing a table owner defines runs inside capture or its ge
         { mood: { old: "ok", new: "bad" }, pair: { old: "(1,x)", new: "(3,z)" }, n: { old: 5, new: 6 },
           moods: { old: "{ok,bad}", new: "{bad}" }, secret: { old: "[masked]", new: "[masked]" } }],
       ["DELETE", { id: 1, mood: "bad", pair: "(3,z)", n: 6, moods: "{bad}", secret: "[masked]" }, null, null],
-      ["INSERT", null, { id: 2, mood: "ok", pair: null, n: null, moods: null, secret: null }, null],
+      ["INSERT", null, { id: 2, mood: "ok", pair: null, n: null, moods: null, secret: "[masked]" }, null],
       ["TRUNCATE", null, null, null],
     ]);
   });
@@ -238,7 +238,8 @@ describe("finding 3: capture records only its own table, through its own trigger
         for (const [op, timing] of events) {
           const error = await errorOf(c.query(
             `create trigger _900_audit_${op} ${timing} for each statement execute function audit_private.capture_${op}_${victimId}()`));
-          expect([error.code, error.message]).toEqual(["42501", `permission denied for function capture_${op}_${victimId}`]);
+          expect(error.code).toBe("42501");
+          expect(error.message).toMatch(new RegExp(`^permission denied for function (audit_private\\.)?capture_${op}_${victimId}$`));
         }
         const direct = await errorOf(c.query(`insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
                                                values (now(), 1, ${victimId}, 'I', '666', '{}', 'x')`));
@@ -296,9 +297,10 @@ describe("finding 4: a table owner cannot remove capture without trace", () => {
       const error = await errorOf(c.query(
         `create or replace trigger _900_audit_insert after insert on own.t for each statement execute function own.noop()`));
       expect(error.code).toBe("55006");
+      // Functions of audit_private are out of its reach altogether.
       const other = await errorOf(c.query(
         `create or replace trigger _900_audit_truncate after truncate on own.t for each statement execute function audit_private.tg__append_only()`));
-      expect(other.code).toBe("55006");
+      expect([other.code, other.message]).toEqual(["42501", "permission denied for schema audit_private"]);
     });
     expect(await state()).toEqual({ triggers_installed: 4, triggers_active: 4 });
   });
