@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:3170c60d3a9ccb4d085ac31bce09621f2eff4795
+--! Hash: sha1:3bfc6e078f3094771dfbba9a74ec934a132f0dca
 --! Message: trust boundary
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -520,7 +520,7 @@ drop function if exists audit_private.type_has_equality(text);
 --          ("NaN", "Infinity" as strings), dates and times as ISO strings ("infinity" as is), everything
 --          else (text, uuid, bytea, bit, inet, built-in ranges, ...) as a JSON string of its text form
 --   float  float4/float8: a JSON number; "NaN", "Infinity", "-Infinity" and "-0" as strings
---   array  a one-dimensional array of plain elements with lower bound 1: a JSON array; any other array
+--   array  an empty or one-dimensional array of plain elements with lower bound 1: a JSON array; any other array
 --          (bounds, dimensions, other elements) as a JSON string of its text form ("[0:1]={1,2}")
 --   jsonb  an object or array as itself; a scalar (null, true, 1, "s") as a JSON string of its text
 --          ("null", "true", "1", "\"s\""), so JSON null stays distinct from SQL NULL (null)
@@ -589,8 +589,8 @@ as $$
       'case when %1$I.%2$I = 0 and format(''%%s'', %1$I.%2$I) = ''-0'' then ''"-0"''::jsonb else to_jsonb(%1$I.%2$I) end',
       row_alias, column_name)
     when 'array' then format(
-      'case when array_ndims(%1$I.%2$I) = 1 and array_lower(%1$I.%2$I, 1) = 1 then to_jsonb(%1$I.%2$I)
-            when %1$I.%2$I is not null then to_jsonb(format(''%%s'', %1$I.%2$I)) end',
+      'case when coalesce(array_ndims(%1$I.%2$I), 1) = 1 and coalesce(array_lower(%1$I.%2$I, 1), 1) = 1 then to_jsonb(%1$I.%2$I)
+            else to_jsonb(format(''%%s'', %1$I.%2$I)) end',
       row_alias, column_name)
     when 'jsonb' then format(
       'case when jsonb_typeof(%1$I.%2$I) in (''object'', ''array'') then %1$I.%2$I
