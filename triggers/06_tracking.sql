@@ -814,7 +814,12 @@ begin
 end
 $$;
 
-revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop() from public;
+-- The machinery changes capture: only its owner (and the event triggers, running as it) calls it.
+revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop(),
+  audit_private.check_trigger(oid), audit_private.refresh_tracking(regclass), audit_private.end_tracking(integer),
+  audit_private.attach_capture(audit_private.tables, regclass), audit_private.detach_capture(integer, regclass),
+  audit_private.write_capture_functions(audit_private.tables, regclass),
+  audit_private.write_capture_function(text, audit_private.tables, text, text) from public;
 
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
 -- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage

@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:3bfc6e078f3094771dfbba9a74ec934a132f0dca
+--! Hash: sha1:f36d6b9b3b59fdb3ed00cc58271ca73266c995a9
 --! Message: trust boundary
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1281,7 +1281,12 @@ begin
 end
 $$;
 
-revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop() from public;
+-- The machinery changes capture: only its owner (and the event triggers, running as it) calls it.
+revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop(),
+  audit_private.check_trigger(oid), audit_private.refresh_tracking(regclass), audit_private.end_tracking(integer),
+  audit_private.attach_capture(audit_private.tables, regclass), audit_private.detach_capture(integer, regclass),
+  audit_private.write_capture_functions(audit_private.tables, regclass),
+  audit_private.write_capture_function(text, audit_private.tables, text, text) from public;
 
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
 -- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
