@@ -20,16 +20,18 @@ as $$
   where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
     and (tt.triggers_installed < 4 or tt.triggers_active < 4)
   union all
-  -- A trigger that looks like ours but is not (wrong function), or ours on a table that is not tracked.
+  -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
+  -- that is not exactly the capture trigger of the tracked table it is on (wrong function, events,
+  -- transition tables or name; or a table that is not tracked).
   select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
          format('runs %s', g.tgfoid::regprocedure)
   from pg_trigger g
   join pg_class c on c.oid = g.tgrelid
   join pg_namespace n on n.oid = c.relnamespace
-  where g.tgname like '\_900\_audit\_%'
-    and (g.tgfoid::regproc::text not like 'audit_private.%'
-         or not exists (select from audit_private.tables t
-                        where t.enabled and t.schema_name = n.nspname and t.table_name = c.relname))
+  left join audit_private.tables t on t.enabled and t.schema_name = n.nspname and t.table_name = c.relname
+  where (g.tgname like '\_900\_audit\_%' or g.tgfoid::regproc::text like 'audit\_private.capture\_%')
+    and not exists (select from audit_private.capture_trigger_state(t.id, g.tgrelid) s
+                    where s.trigger_name = g.tgname and s.installed)
   union all
   -- Months that should already have a partition: the current one, and `months_ahead` after the month of an
   -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first

@@ -2,6 +2,11 @@
 -- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
 -- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
 
+-- Held (SHARE ROW EXCLUSIVE, which conflicts with itself) while partitions are created; holds no rows.
+create table if not exists audit_private.partition_maintenance ();
+revoke all on audit_private.partition_maintenance from public;
+comment on table audit_private.partition_maintenance is 'Lock only: serialises partition creation (no rows)';
+
 create or replace function audit_private.partition_name(month date)
   returns text
   language sql
@@ -43,7 +48,9 @@ as $$
 $$;
 
 -- Creates the partition for one month if it does not exist; returns its name.
--- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- Concurrent callers are serialised by a lock on audit_private.partition_maintenance, so two workers racing
+-- both succeed. (Not an advisory lock: any role can take one of those and stall partition upkeep; locking
+-- this table takes privileges only the owner has.)
 -- If the default partition already holds rows of that month, they are moved into the new partition in
 -- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
 create or replace function audit.create_partition(month date)
@@ -60,7 +67,7 @@ begin
   if month is null then
     raise exception 'audit.create_partition: month must not be null';
   end if;
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
   if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
     return part_name;
@@ -125,7 +132,7 @@ begin
     raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
   end if;
   -- The same lock as create_partition: a racing caller waits here, then finds the months made.
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   for i in 0 .. months_ahead loop
     part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
     if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then

@@ -77,7 +77,8 @@ declare
   today date := (now() at time zone 'UTC')::date;
   added integer;
 begin
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:activity-summary'));
+  -- A table lock, not an advisory lock (any role could take that key and stall the summary).
+  lock table audit_private.activity_summary_state in share row exclusive mode;
   live_from := audit_private.activity_live_from();
   if live_from >= (today::timestamp at time zone 'UTC') then
     return 0;
@@ -162,3 +163,45 @@ grant select on audit.changes to cartop_user, cartop_auditor;
 -- Counts cover everybody's activity: auditors only.
 grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
+
+-- A row of the trail (old_value, new_value, row_as_of) back as a row of its table, exactly: decodes the
+-- mapping of audit_private.value_kind (README "Values in the trail"). Excluded columns come back null,
+-- masked ones fail to decode unless text-like. Decode with the table's row type as it was when the row was
+-- written. security invoker: the caller's casts and domain checks are the caller's business.
+create or replace function audit.row_from_trail(row_type anyelement, trail jsonb)
+  returns anyelement
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  type_relid oid := (select typrelid from pg_type where oid = pg_typeof(row_type));
+  fields text;
+  result alias for $0;
+begin
+  if type_relid is null or type_relid = 0 then
+    raise exception 'audit.row_from_trail: % is not a table''s row type', pg_typeof(row_type)
+      using errcode = 'wrong_object_type', hint = 'Pass null::schema.table as the first argument.';
+  end if;
+  -- json and jsonb values need their own decoding; every other value is what jsonb_populate_record reads
+  -- (numbers and booleans, JSON arrays, and strings through the type's input function).
+  select string_agg(case
+           when audit_private.base_type(a.atttypid) = 'json'::regtype then format('($2 ->> %L)::%s', a.attname, format_type(a.atttypid, a.atttypmod))
+           when audit_private.base_type(a.atttypid) = 'jsonb'::regtype then format(
+             'case jsonb_typeof($2 -> %1$L) when ''string'' then ($2 ->> %1$L)::jsonb when ''null'' then null else $2 -> %1$L end::%2$s',
+             a.attname, format_type(a.atttypid, a.atttypmod))
+           else format('r.%I', a.attname) end, ', ' order by a.attnum)
+    into fields
+  from pg_attribute a where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped;
+  execute format('select %s from jsonb_populate_record($1, $2 - %L::text[]) r', fields,
+                 (select coalesce(array_agg(a.attname::text), '{}') from pg_attribute a
+                  where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped
+                    and audit_private.base_type(a.atttypid) in ('json'::regtype, 'jsonb'::regtype)))
+    into result using row_type, trail;
+  return result;
+end
+$$;
+
+comment on function audit.row_from_trail(anyelement, jsonb) is 'A row of the trail (old_value, new_value, row_as_of) as a row of its table: audit.row_from_trail(null::app.products, new_value)';
+
+grant execute on function audit.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;

@@ -307,16 +307,18 @@ describe("names and values", () => {
     expect(audited).toEqual(before_update);
     expect(audited).toMatchObject({
       n: 12.34, at: "2026-03-01T10:34:56.789+00:00", d: "2026-02-28", arr: [1, null, 3], txt: ["a b", "c"],
-      j: { x: [1, 2] }, jb: { y: { z: null } }, nothing: null, flag: true, pt: "(1,2)",
+      // json keeps its exact text (spacing, key order, duplicate keys), so it is recorded as a string of it.
+      j: '{"x": [1, 2]}', jb: { y: { z: null } }, nothing: null, flag: true, pt: "(1,2)",
     });
     expect(audited.blob).toHaveLength(600_000);
     expect(Object.keys(changes).sort()).toEqual(["blob", "j", "nothing", "pt"]);
-    expect(changes.j).toEqual({ old: { x: [1, 2] }, new: { x: [1, 2, 3] } });
+    expect(changes.j).toEqual({ old: '{"x": [1, 2]}', new: '{"x": [1, 2, 3]}' });
     expect(changes.pt).toEqual({ old: "(1,2)", new: "(3,4)" });
     expect(changes.blob.new).toBe(`${"lorem ipsum ".repeat(50000)}!`);
     // The reconstructed new row is exactly the row now in the table.
     const { rows: after } = await db.pool.query(
-      `select new_value = (select to_jsonb(k) from shop.kinds k) as same from audit.log where entity_name = 'kinds' and action = 'UPDATE'`,
+      `select new_value - 'j' = (select to_jsonb(k) - 'j' from shop.kinds k) and new_value ->> 'j' = (select j::text from shop.kinds) as same
+         from audit.log where entity_name = 'kinds' and action = 'UPDATE'`,
     );
     expect(after[0].same).toBe(true);
     expect(actual.id).toBe(1);

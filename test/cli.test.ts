@@ -71,6 +71,19 @@ describe("tracking", () => {
     expect(table.stdout).toContain("│ UPDATE │");
   });
 
+  test("track again never drops a protection by accident: it refuses, naming it, unless --drop-protections", async () => {
+    await db.pool.query(`create table public.orders (id int primary key, notes text, card_number text)`);
+    expect((await cli("track", "public.orders", "--exclude", "notes")).code).toBe(0);
+    const refused = await cli("track", "public.orders", "--mask", "card_number");
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(
+      "cartop-audit: audit.enable_tracking: public.orders would no longer exclude notes: name them again (--exclude, --mask), or add --drop-protections");
+    const kept = await cli("track", "public.orders", "--exclude", "notes", "--mask", "card_number", "--json");
+    expect(JSON.parse(kept.stdout)[0]).toMatchObject({ excluded_columns: ["notes"], masked_columns: ["card_number"] });
+    const dropped = await cli("track", "public.orders", "--mask", "card_number", "--drop-protections", "--json");
+    expect(JSON.parse(dropped.stdout)[0]).toMatchObject({ excluded_columns: [], masked_columns: ["card_number"] });
+  });
+
   test("a missing table is a failure (exit 1) with a message naming it", async () => {
     const run = await cli("track", "public.nope");
     expect(run.code).toBe(1);

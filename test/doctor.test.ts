@@ -143,8 +143,8 @@ test("dropping a tracked table, or its schema, ends its tracking with a notice a
       (select count(*)::int from audit.log l where l.entity_schema = t.schema_name and l.entity_name = t.table_name) as history
     from audit_private.tables t where t.table_name in ('dropped', 'dropped_too') order by 1`);
   expect((await registry()).rows).toEqual([
-    { table_name: "dropped", enabled: true, capture_functions: 3, history: 1 },
-    { table_name: "dropped_too", enabled: true, capture_functions: 3, history: 1 },
+    { table_name: "dropped", enabled: true, capture_functions: 4, history: 1 },
+    { table_name: "dropped_too", enabled: true, capture_functions: 4, history: 1 },
   ]);
   const client = await db.pool.connect();
   const notices: string[] = [];

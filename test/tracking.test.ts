@@ -189,3 +189,38 @@ describe("disable_tracking", () => {
     );
   });
 });
+
+describe("calling enable_tracking again never weakens a protection by accident", () => {
+  beforeAll(async () => {
+    await db.pool.query(`create table crm.orders (id int primary key, notes text, card_number text, pin text);
+      select audit.enable_tracking('crm.orders', excluded_columns => '{notes}', masked_columns => '{pin}')`);
+  });
+  const options = async () => (await db.pool.query(
+    `select excluded_columns, masked_columns from audit.tracked_tables where table_name = 'orders'`)).rows[0];
+
+  test("dropping an exclusion or a mask, or turning an exclusion into a mask, is refused, naming the columns", async () => {
+    for (const [excluded, masked, wouldLose] of [
+      ["{}", "{card_number}", "exclude notes and mask pin"],
+      ["{}", "{notes, pin}", "exclude notes"],
+      ["{notes}", "{}", "mask pin"],
+    ] as const) {
+      const error = await db.pool.query(`select audit.enable_tracking('crm.orders', excluded_columns => $1, masked_columns => $2)`, [excluded, masked])
+        .then(() => null, (e: Error & { code?: string; hint?: string }) => e);
+      expect([error?.code, error?.message, error?.hint]).toEqual(["22023", `audit.enable_tracking: crm.orders would no longer ${wouldLose}`,
+        "Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on."]);
+    }
+    expect(await options()).toEqual({ excluded_columns: ["notes"], masked_columns: ["pin"] });
+  });
+
+  test("keeping or strengthening them is accepted: more columns, a mask becoming an exclusion", async () => {
+    await db.pool.query(`select audit.enable_tracking('crm.orders', excluded_columns => '{notes, pin}', masked_columns => '{card_number}')`);
+    expect(await options()).toEqual({ excluded_columns: ["notes", "pin"], masked_columns: ["card_number"] });
+    await db.pool.query(`select audit.enable_tracking('crm.orders', excluded_columns => '{notes, pin}', masked_columns => '{card_number}')`);
+    expect(await options()).toEqual({ excluded_columns: ["notes", "pin"], masked_columns: ["card_number"] });
+  });
+
+  test("drop_protections => true says so explicitly, and only then the options shrink", async () => {
+    await db.pool.query(`select audit.enable_tracking('crm.orders', masked_columns => '{card_number}', drop_protections => true)`);
+    expect(await options()).toEqual({ excluded_columns: [], masked_columns: ["card_number"] });
+  });
+});

@@ -17,7 +17,7 @@ begin
   if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_authenticator') then
     create role cartop_authenticator login noinherit;
   end if;
-  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor'] loop
+  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor', 'cartop_capture'] loop
     if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
       execute format('create role %I nologin', role_name);
     end if;
@@ -25,10 +25,14 @@ begin
 end
 $$;
 
+-- cartop_capture owns the generated capture functions (security definer): it may append audit rows and read
+-- the tracking registry, nothing else. Never a superuser, never granted to a login (see SECURITY.md).
+alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
+
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
 grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
 
 -- Nobody but the owner creates objects in these schemas; readers get usage explicitly.
 revoke all on schema audit, audit_private from public;
 grant usage on schema audit to cartop_anonymous, cartop_user, cartop_auditor;
-grant usage on schema audit_private to cartop_user, cartop_auditor;
+grant usage on schema audit_private to cartop_user, cartop_auditor, cartop_capture;

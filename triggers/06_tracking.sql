@@ -41,52 +41,159 @@ as $$
   from unnest(masked_columns) as c
 $$;
 
--- TRUNCATE: one audit row for the statement, no entity. The table id is the trigger argument.
-create or replace function audit_private.tg__capture_truncate()
-  returns trigger
+-- The shared TRUNCATE capture of earlier versions; capture is now generated per table (capture_truncate_<id>).
+drop function if exists audit_private.tg__capture_truncate() cascade;
+drop function if exists audit_private.type_has_equality(text);
+
+-- How a column's values enter the trail, decided once per column from its type (domains looked through).
+-- The trail must be lossless and capture must never run code a table owner can define, so nothing here
+-- goes through a cast, a user operator or a domain CHECK (to_jsonb consults casts to json of user types;
+-- format('%s', v) runs only the type's output function):
+--   plain  built-in scalar types whose JSON is exact: bool and integers as JSON, numeric as a JSON number
+--          ("NaN", "Infinity" as strings), dates and times as ISO strings ("infinity" as is), everything
+--          else (text, uuid, bytea, bit, inet, built-in ranges, ...) as a JSON string of its text form
+--   float  float4/float8: a JSON number; "NaN", "Infinity", "-Infinity" and "-0" as strings
+--   array  an empty or one-dimensional array of plain elements with lower bound 1: a JSON array; any other array
+--          (bounds, dimensions, other elements) as a JSON string of its text form ("[0:1]={1,2}")
+--   jsonb  an object or array as itself; a scalar (null, true, 1, "s") as a JSON string of its text
+--          ("null", "true", "1", "\"s\""), so JSON null stays distinct from SQL NULL (null)
+--   text   json (its exact text: spacing, key order, duplicate keys), enums, composites, user-defined and
+--          extension types, arrays of them: a JSON string of the text form
+-- SQL NULL is always JSON null. README "Values in the trail" documents the mapping and how to decode it.
+-- A type with its domains looked through.
+create or replace function audit_private.base_type(type_oid oid)
+  returns oid
   language plpgsql
-  security definer
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  _ctx audit_private.context := audit_private.current_context();
+  t pg_type;
 begin
-  insert into audit_private.log_entries (created_at, tx_id, table_id, action,
-    user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
-  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T',
-    _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
-    _ctx.db_user, _ctx.application_name);
-  return null;
+  select * into t from pg_type where oid = type_oid;
+  while t.typtype = 'd' loop
+    select * into t from pg_type where oid = t.typbasetype;
+  end loop;
+  return t.oid;
 end
 $$;
 
--- Whether values of a type can be compared with IS DISTINCT FROM (json, xml, point... cannot).
-create or replace function audit_private.type_has_equality(type_name text)
-  returns boolean
+create or replace function audit_private.value_kind(type_oid oid)
+  returns text
   language plpgsql
-  volatile
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  t pg_type;
+  element oid;
 begin
-  execute format('select null::%s is distinct from null::%1$s', type_name);
-  return true;
-exception when undefined_function then
-  return false;
+  select * into t from pg_type where oid = audit_private.base_type(type_oid);
+  -- Types created after initdb (by users or extensions) and non-base types: only their text form is safe.
+  if t.oid >= 16384 or t.typtype <> 'b' or t.typrelid <> 0 then
+    return 'text';
+  end if;
+  if t.oid = 'jsonb'::regtype then
+    return 'jsonb';
+  end if;
+  if t.oid = 'json'::regtype then
+    return 'text';
+  end if;
+  if t.oid in ('float4'::regtype, 'float8'::regtype) then
+    return 'float';
+  end if;
+  select e.oid into element from pg_type e where e.typarray = t.oid;
+  if element is not null then
+    return case when audit_private.value_kind(element) = 'plain' then 'array' else 'text' end;
+  end if;
+  return 'plain';
 end
 $$;
 
--- SQL for "this row as audited JSON": excluded columns removed, masked ones replaced. `row_alias` is a
--- row of the table (or of a subquery whose extra columns are listed in `extra_columns`).
-create or replace function audit_private.row_json_sql(tracked audit_private.tables, row_alias text, extra_columns text[] default '{}')
+-- SQL for the trail value of column `column_name` of row `row_alias`, by value_kind.
+create or replace function audit_private.value_sql(row_alias text, column_name text, kind text)
   returns text
   language sql
   immutable
 as $$
-  select format('to_jsonb(%s)', row_alias)
-    || case when cardinality(extra_columns || tracked.excluded_columns) > 0
-         then format(' - %L::text[]', extra_columns || tracked.excluded_columns) else '' end
-    || case when cardinality(tracked.masked_columns) > 0
-         then format(' || %L::jsonb', audit_private.masked_object(tracked.masked_columns)) else '' end
+  select case kind
+    when 'plain' then format('%I.%I', row_alias, column_name)
+    when 'float' then format(
+      'case when %1$I.%2$I = 0 and format(''%%s'', %1$I.%2$I) = ''-0'' then ''"-0"''::jsonb else to_jsonb(%1$I.%2$I) end',
+      row_alias, column_name)
+    when 'array' then format(
+      'case when coalesce(array_ndims(%1$I.%2$I), 1) = 1 and coalesce(array_lower(%1$I.%2$I, 1), 1) = 1 then to_jsonb(%1$I.%2$I)
+            else to_jsonb(format(''%%s'', %1$I.%2$I)) end',
+      row_alias, column_name)
+    when 'jsonb' then format(
+      'case when jsonb_typeof(%1$I.%2$I) in (''object'', ''array'') then %1$I.%2$I
+            when %1$I.%2$I is not null then to_jsonb(format(''%%s'', %1$I.%2$I)) end',
+      row_alias, column_name)
+    else format('case when num_nulls(%1$I.%2$I) = 0 then to_jsonb(format(''%%s'', %1$I.%2$I)) end', row_alias, column_name)
+  end
+$$;
+
+-- SQL for "this column differs between rows o and n". Types whose equality is identity compare with it (no
+-- user code: their operators are built in); every other type compares its text form, which is lossless
+-- (1.0 vs 1.00, -0 vs 0, 'a' vs 'A' under a case-insensitive collation all count as changes) and runs
+-- no user operator.
+create or replace function audit_private.changed_sql(column_name text, type_oid oid, collation_oid oid)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case
+    when type_oid in ('bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype,
+                      'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)
+      or (type_oid in ('text'::regtype, 'varchar'::regtype)
+          and coalesce((select collisdeterministic from pg_collation where oid = collation_oid), true))
+      then format('o.%1$I is distinct from n.%1$I', column_name)
+    else format('((o.%1$I is null) <> (n.%1$I is null) or format(''%%s'', o.%1$I) <> format(''%%s'', n.%1$I))', column_name)
+  end
+$$;
+
+-- The audited columns of a table, in order, with what capture needs to know about each.
+create or replace function audit_private.audited_columns(tracked audit_private.tables, target regclass)
+  returns table (name text, kind text, changed_sql text, masked boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select a.attname::text, audit_private.value_kind(a.atttypid),
+         audit_private.changed_sql(a.attname::text, a.atttypid, a.attcollation),
+         a.attname::text = any (tracked.masked_columns)
+  from pg_attribute a
+  where a.attrelid = target and a.attnum > 0 and not a.attisdropped
+    and a.attname::text <> all (tracked.excluded_columns)
+  order by a.attnum
+$$;
+
+-- jsonb_build_object over (key, value SQL) pairs, in chunks: a function takes at most 100 arguments.
+create or replace function audit_private.build_object_sql(pairs text[])
+  returns text
+  language sql
+  immutable
+as $$
+  select coalesce(string_agg(format('jsonb_build_object(%s)', chunk), ' || ' order by n), '''{}''::jsonb')
+  from (
+    select (ord - 1) / 50 as n, string_agg(pair, ', ' order by ord) as chunk
+    from unnest(pairs) with ordinality as p(pair, ord)
+    group by 1
+  ) c
+$$;
+
+-- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced), from row `row_alias`.
+create or replace function audit_private.row_json_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select audit_private.build_object_sql(array_agg(
+           format('%L, %s', c.name, case when c.masked then 'audit_private.masked_value()'
+                                         else audit_private.value_sql(row_alias, c.name, c.kind) end)))
+  from audit_private.audited_columns(tracked, target) c
 $$;
 
 -- SQL for the entity id, read from audited JSON in `json_sql` (and, for UPDATE, from `delta_sql` first,
@@ -110,48 +217,84 @@ as $$
   end
 $$;
 
--- SQL for the UPDATE delta: the new values of the columns that changed, each compared with its own
--- type's equality (as text where the type has none); masked columns get the mask instead of a value.
+-- SQL for the UPDATE delta: the new values of the columns that changed; masked columns get the mask.
 create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
   returns text
-  language plpgsql
-  volatile
+  language sql
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
-declare
-  terms text[] := '{}';
-  col record;
-  cast_suffix text;
-begin
-  for col in
-    select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type_name
-    from pg_attribute a
-    where a.attrelid = target and a.attnum > 0 and not a.attisdropped
-      and a.attname <> all (tracked.excluded_columns)
-    order by a.attnum
-  loop
-    cast_suffix := case when audit_private.type_has_equality(col.type_name) then '' else '::text' end;
-    terms := terms || format(
-      'case when o.%1$I%2$s is distinct from n.%1$I%2$s then %3$s else ''{}''::jsonb end',
-      col.name, cast_suffix,
-      case when col.name = any (tracked.masked_columns)
-        then format('jsonb_build_object(%L, audit_private.masked_value())', col.name)
-        else format('jsonb_build_object(%L, n.%I)', col.name, col.name)
-      end);
-  end loop;
-  return array_to_string(terms, E'\n          || ');
-end
+  select coalesce(string_agg(format('case when %s then jsonb_build_object(%L, %s) else ''{}''::jsonb end',
+                                    c.changed_sql, c.name,
+                                    case when c.masked then 'audit_private.masked_value()'
+                                         else audit_private.value_sql('n', c.name, c.kind) end),
+                             E'\n          || '), '''{}''::jsonb')
+  from audit_private.audited_columns(tracked, target) c
 $$;
 
--- Writes one generated capture function: the shared prologue (context read once per statement) around
--- the statement-specific INSERT ... SELECT.
-create or replace function audit_private.write_capture_function(function_name text, target regclass, capture_sql text)
+-- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
+-- AFTER, FOR EACH STATEMENT, one event) and transition tables. Guards and checks compare against this.
+create or replace function audit_private.expected_capture_triggers(table_id integer)
+  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text)
+  language sql
+  immutable
+  parallel safe
+as $$
+  values ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'insert'),
+         ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'update'),
+         ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'delete'),
+         ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'truncate')
+$$;
+
+-- Each expected capture trigger of a table and whether it is in place exactly (right name, function, events,
+-- transition tables, no WHEN, no arguments) and enabled.
+create or replace function audit_private.capture_trigger_state(table_id integer, target regclass)
+  returns table (trigger_name text, installed boolean, enabled boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select x.trigger_name, g.oid is not null, coalesce(g.tgenabled <> 'D', false)
+  from audit_private.expected_capture_triggers(table_id) x
+  left join pg_trigger g
+    on g.tgrelid = target and g.tgname = x.trigger_name
+   and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name))
+   and g.tgtype = x.trigger_type and g.tgqual is null and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and g.tgoldtable is not distinct from x.old_table and g.tgnewtable is not distinct from x.new_table
+$$;
+
+-- Writes one generated capture function, owned by cartop_capture (security definer as that role: it can
+-- append audit rows and read the registry, nothing else) and executable by nobody else. It records only
+-- when fired, AFTER, once per statement, for its event, on the table it was generated for (renames
+-- regenerate it), so attaching it anywhere else records nothing and fails the write.
+-- Names and values reach the generated SQL only through %I and %L, and the body is passed as a quoted
+-- literal (no dollar quoting a name could close). Settings that change how values print are pinned.
+create or replace function audit_private.write_capture_function(function_name text, tracked audit_private.tables, event text, capture_sql text)
   returns void
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  body text;
 begin
+  body := format($template$
+    -- Generated by audit.enable_tracking for audit_private.tables id %1$s; rewritten on every enable_tracking, do not edit.
+    declare
+      _ctx audit_private.context;
+      _at timestamptz := statement_timestamp();
+      _tx bigint := txid_current();
+    begin
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> %2$L or tg_table_schema <> %3$L or tg_table_name <> %4$L then
+        raise exception 'audit_private.%5$s: generated for %% on %%.%%, fired %% %% on %%.%%', %2$L, %3$L, %4$L, tg_when, tg_op, tg_table_schema, tg_table_name
+          using errcode = 'insufficient_privilege',
+                hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
+      end if;
+      _ctx := audit_private.current_context();
+      %6$s;
+      return null;
+    end
+  $template$, tracked.id, upper(event), tracked.schema_name, tracked.table_name, function_name, capture_sql);
   execute format($template$
     create or replace function audit_private.%1$I()
       returns trigger
@@ -162,30 +305,28 @@ begin
       -- and the UPDATE pairing would sort on disk with the default work_mem.
       set jit = off
       set work_mem = '64MB'
-    as $function$
-    -- Generated by audit.enable_tracking for %2$s; rewritten on every enable_tracking, do not edit.
-    declare
-      _ctx audit_private.context := audit_private.current_context();
-      _at timestamptz := statement_timestamp();
-      _tx bigint := txid_current();
-    begin
-      %3$s;
-      return null;
-    end
-    $function$
-  $template$, function_name, target, capture_sql);
+      -- Values print the same whatever the writing session's settings (the trail holds text forms).
+      set datestyle = 'ISO, YMD'
+      set intervalstyle = 'postgres'
+      set extra_float_digits = 1
+      set bytea_output = 'hex'
+      set lc_monetary = 'C'
+    as %2$L
+  $template$, function_name, body);
+  execute format('alter function audit_private.%I() owner to cartop_capture', function_name);
+  execute format('revoke all on function audit_private.%I() from public', function_name);
 end
 $$;
 
--- Writes the INSERT, UPDATE and DELETE capture functions of one tracked table. Everything known about the
--- table is baked in: its id, key, columns, exclusions and masks, so a statement does no lookups.
+-- Writes the INSERT, UPDATE, DELETE and TRUNCATE capture functions of one tracked table. Everything known
+-- about the table is baked in: its id, name, key, columns, exclusions and masks, so a statement does no lookups.
 --
 -- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
 -- new values of the changed columns. Old and new rows are paired by their position in the transition
 -- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
 -- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
 -- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
--- evaluating to_jsonb once per reference instead of once per row.
+-- building the JSON once per reference instead of once per row.
 create or replace function audit_private.write_capture_functions(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
@@ -201,12 +342,12 @@ declare
   update_select text;
 begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
-    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
+    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, op.name, format(
       '%s
       select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
-      from (select %s as row_data from %s t offset 0) r',
+      from (select %s as row_data from %I t offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
-      audit_private.row_json_sql(tracked, 't'), op.transition));
+      audit_private.row_json_sql(tracked, target, 't'), op.transition));
   end loop;
 
   -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
@@ -215,55 +356,75 @@ begin
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
-  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
+  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), tracked, 'update', format(
     -- One row (what an API sends): pair the two rows directly. Setting up the general pairing (two window
     -- functions and a join) on every statement made single-row UPDATEs ~25% slower.
     'if (select count(*) from (select from old_rows limit 2) s) = 1 then
       %1$s
       %2$s
-      from (select %3$s as row_data, %5$s as delta from old_rows o, new_rows n offset 0) c
+      from (select %3$s as row_data, %4$s as delta from old_rows o, new_rows n offset 0) c
       where c.delta <> ''{}''::jsonb;
     else
       %1$s
       %2$s
       from (
-        select %4$s as row_data,
-          %5$s as delta
+        select %3$s as row_data,
+          %4$s as delta
         from (select row_number() over () as audit_ordinal__, t.* from old_rows t) o
         full join (select row_number() over () as audit_ordinal__, t.* from new_rows t) n using (audit_ordinal__)
         offset 0
       ) c
       where c.delta <> ''{}''::jsonb;
     end if',
-    insert_columns, update_select, audit_private.row_json_sql(tracked, 'o'),
-    audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
+    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target)));
+
+  -- TRUNCATE: one audit row for the statement, no entity.
+  perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, 'truncate', format(
+    '%s
+      values (_at, _tx, %s, %L, null, null, null, null, %s)',
+    insert_columns, tracked.id, 'T', context_values));
 end
 $$;
 
--- (Re)creates the capture triggers of one tracked table from its registry row.
+-- (Re)creates the capture triggers of one tracked table from its registry row. CREATE OR REPLACE TRIGGER:
+-- nothing is dropped (so no DROP TRIGGER event to tell apart from an attack), a disabled trigger comes back
+-- enabled, a look-alike under our name is replaced.
 create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
-  -- Tells the DROP TRIGGER event trigger that these drops are ours (restored when the function returns).
-  set audit_private.attaching = 'on'
 as $$
+declare
+  x record;
+  rel record;
 begin
+  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   perform audit_private.write_capture_functions(tracked, target);
-  perform audit_private.detach_capture(target);
-  execute format('create trigger _900_audit_insert after insert on %s referencing new table as new_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_insert_%s', tracked.id));
-  execute format('create trigger _900_audit_update after update on %s referencing old table as old_rows new table as new_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_update_%s', tracked.id));
-  execute format('create trigger _900_audit_delete after delete on %s referencing old table as old_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_delete_%s', tracked.id));
-  execute format('create trigger _900_audit_truncate after truncate on %s
-                    for each statement execute function audit_private.tg__capture_truncate(%L)', target, tracked.id);
+  for x in select * from audit_private.expected_capture_triggers(tracked.id) loop
+    execute format('create or replace trigger %I after %s on %I.%I %s for each statement execute function audit_private.%I()',
+      x.trigger_name, x.event, rel.nspname, rel.relname,
+      case when x.old_table is null and x.new_table is null then ''
+           else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
+                              || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
+      x.function_name);
+  end loop;
+  -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
+  -- twice: remove it, now that the real ones are in place.
+  for x in
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
+                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+  loop
+    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
+  end loop;
 end
 $$;
 
-create or replace function audit_private.detach_capture(target regclass)
+-- Removes the capture triggers of a table (by what they are, whatever their name: any trigger running one
+-- of its capture functions or holding a capture trigger's name).
+create or replace function audit_private.detach_capture(table_id integer, target regclass)
   returns void
   language plpgsql
   volatile
@@ -271,21 +432,31 @@ create or replace function audit_private.detach_capture(target regclass)
 as $$
 declare
   trigger_name text;
+  rel record;
 begin
+  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   for trigger_name in
-    select tgname from pg_trigger
-    where tgrelid = target and tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(table_id) x
+                  where g.tgname = x.trigger_name or g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
   loop
-    execute format('drop trigger %I on %s', trigger_name, target);
+    execute format('drop trigger %I on %I.%I', trigger_name, rel.nspname, rel.relname);
   end loop;
 end
 $$;
+drop function if exists audit_private.detach_capture(regclass);
 
--- Starts (or re-configures) auditing of a table. Idempotent: calling it again replaces the options.
+-- Starts (or re-configures) auditing of a table. Idempotent: calling it again sets the options given, but
+-- never weakens a protection by accident: while the table is tracked, a column excluded before must stay
+-- excluded and a column masked before must stay masked or become excluded, unless drop_protections is true
+-- (what reached the append-only trail can never be taken back).
+drop function if exists audit.enable_tracking(regclass, text[], text[]);
 create or replace function audit.enable_tracking(
   target regclass,
   excluded_columns text[] default '{}',
-  masked_columns text[] default '{}'
+  masked_columns text[] default '{}',
+  drop_protections boolean default false
 )
   returns void
   language plpgsql
@@ -297,6 +468,9 @@ declare
   key_columns text[];
   unknown text[];
   tracked audit_private.tables;
+  previous audit_private.tables;
+  unexcluded text[];
+  unmasked text[];
 begin
   if target is null then
     raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
@@ -304,7 +478,7 @@ begin
   excluded_columns := coalesce(excluded_columns, '{}');
   masked_columns := coalesce(masked_columns, '{}');
 
-  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition
+  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition, c.relpersistence
     into rel
   from pg_class c join pg_namespace n on n.oid = c.relnamespace
   where c.oid = target;
@@ -314,6 +488,10 @@ begin
   end if;
   if rel.relispartition then
     raise exception 'audit.enable_tracking: % is a partition; track its partitioned parent instead', target
+      using errcode = 'wrong_object_type';
+  end if;
+  if rel.relpersistence = 't' then
+    raise exception 'audit.enable_tracking: % is a temporary table; only permanent tables can be tracked', target
       using errcode = 'wrong_object_type';
   end if;
   if rel.schema_name in ('audit', 'audit_private') then
@@ -348,6 +526,22 @@ begin
       using errcode = 'invalid_parameter_value';
   end if;
 
+  select * into previous from audit_private.tables t
+  where t.schema_name = rel.schema_name and t.table_name = rel.table_name and t.enabled;
+  if previous.id is not null and not coalesce(drop_protections, false) then
+    select array_agg(c order by c) into unexcluded from unnest(previous.excluded_columns) c where c <> all (excluded_columns);
+    select array_agg(c order by c) into unmasked from unnest(previous.masked_columns) c where c <> all (masked_columns || excluded_columns);
+    if unexcluded is not null or unmasked is not null then
+      raise exception 'audit.enable_tracking: % would no longer %', target,
+        concat_ws(' and ',
+          'exclude ' || array_to_string(unexcluded, ', '),
+          'mask ' || array_to_string(unmasked, ', '))
+        using errcode = 'invalid_parameter_value',
+              detail = format('Now excluded: %s; masked: %s.', previous.excluded_columns, previous.masked_columns),
+              hint = 'Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on.';
+    end if;
+  end if;
+
   insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
   values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
   on conflict (schema_name, table_name) do update
@@ -362,8 +556,8 @@ begin
 end
 $$;
 
-comment on function audit.enable_tracking(regclass, text[], text[]) is
-  'Starts auditing a table (idempotent; a second call replaces excluded and masked columns)';
+comment on function audit.enable_tracking(regclass, text[], text[], boolean) is
+  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion or mask unless drop_protections)';
 
 -- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
 -- still there) and the generated functions. The audit rows stay, and so does the registry row.
@@ -382,10 +576,10 @@ begin
   returning * into tracked;
   target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
   if target is not null then
-    perform audit_private.detach_capture(target);
+    perform audit_private.detach_capture(tracked.id, target);
   end if;
-  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
-    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+  execute (select string_agg(format('drop function if exists audit_private.%I()', x.function_name), '; ')
+           from audit_private.expected_capture_triggers(tracked.id) x);
 end
 $$;
 
@@ -434,7 +628,7 @@ $$;
 
 comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
 
-revoke all on function audit.enable_tracking(regclass, text[], text[]) from public;
+revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) from public;
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
@@ -453,14 +647,13 @@ select
   t.updated_at
 from audit_private.tables t
 left join lateral (
-  select count(*)::integer as installed, count(*) filter (where g.tgenabled <> 'D')::integer as active
-  from pg_trigger g
-  where g.tgrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
-    and g.tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+  select count(*) filter (where s.installed)::integer as installed,
+         count(*) filter (where s.installed and s.enabled)::integer as active
+  from audit_private.capture_trigger_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
-  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist and are enabled';
+  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist exactly as installed (function, events, transition tables) and are enabled';
 
 -- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
 -- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
@@ -488,8 +681,7 @@ begin
     from audit_private.tables t
     where t.enabled and exists (
       select from pg_trigger g
-      where g.tgrelid = target and g.tgname = '_900_audit_insert'
-        and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
+      where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
       return;
     end if;
@@ -517,31 +709,78 @@ begin
 end
 $$;
 
+-- A trigger created or renamed on a tracked table (ddl_command_end of CREATE TRIGGER / ALTER TRIGGER):
+-- capture triggers are what audit_private.expected_capture_triggers says, under their own names. Renaming
+-- one, replacing one with something else, or attaching a capture function under another name is refused,
+-- so capture cannot be moved out of the way and dropped without trace.
+create or replace function audit_private.check_trigger(trigger_oid oid)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  g pg_trigger;
+  tracked_id integer;
+begin
+  select * into g from pg_trigger where oid = trigger_oid;
+  select t.id into tracked_id
+  from audit_private.tables t
+  join pg_class c on c.relname = t.table_name
+  join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
+  where c.oid = g.tgrelid and t.enabled;
+  if tracked_id is null then
+    return; -- untracked tables are none of our business (audit.coverage reports look-alikes there)
+  end if;
+  if exists (select from audit_private.expected_capture_triggers(tracked_id) x
+             where x.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
+     or exists (select from audit_private.capture_trigger_state(tracked_id, g.tgrelid) s
+                where s.trigger_name = g.tgname and not s.installed) then
+    raise exception 'cartop-audit: trigger % on % is not the capture trigger of this tracked table; capture triggers cannot be renamed, replaced or copied',
+      g.tgname, g.tgrelid::regclass
+      using errcode = 'object_in_use',
+            hint = format('To stop auditing the table: select audit.disable_tracking(%L)', g.tgrelid::regclass);
+  end if;
+end
+$$;
+
 create or replace function audit_private.tg__refresh_after_ddl()
   returns event_trigger
   language plpgsql
+  -- Runs for every role's DDL: as its owner, so a role without access to audit_private can still ALTER its
+  -- own (untracked or temporary) tables. It reads only catalogs and the registry, and regenerates capture
+  -- for tracked tables; it evaluates nothing a table owner can define.
+  security definer
   set search_path = pg_catalog, pg_temp
 as $$
 declare
   cmd record;
 begin
   for cmd in
-    select distinct objid from pg_event_trigger_ddl_commands()
-    where classid = 'pg_class'::regclass and object_type in ('table', 'table column')
+    select distinct classid, objid from pg_event_trigger_ddl_commands()
+    where (classid = 'pg_class'::regclass and object_type in ('table', 'table column')) or classid = 'pg_trigger'::regclass
   loop
-    perform audit_private.refresh_tracking(cmd.objid::regclass);
+    if cmd.classid = 'pg_trigger'::regclass then
+      perform audit_private.check_trigger(cmd.objid);
+    elsif exists (select from pg_class c where c.oid = cmd.objid and c.relpersistence <> 't') then
+      perform audit_private.refresh_tracking(cmd.objid::regclass);
+    end if;
   end loop;
 end
 $$;
 
 -- A capture trigger dropped from a table that is still tracked is put back at once, with a warning: the
--- way to stop auditing a table is audit.disable_tracking, which unregisters it first. (A superuser can
--- still get around this with session_replication_role = replica; audit.coverage and the seals see that.)
--- A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being tracked, with a notice:
--- its audit history stays.
+-- way to stop auditing a table is audit.disable_tracking, which unregisters it first. Which triggers are
+-- capture triggers is decided by what they are (audit_private.capture_trigger_state), not by the name the
+-- dropped one had. A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being
+-- tracked, with a notice: its audit history stays.
+-- A superuser can still write unaudited (session_replication_role = replica silences triggers and event
+-- triggers alike, and can drop these): no check can see a write that never reached the trail. Superusers
+-- are trusted (SECURITY.md); audit.coverage shows capture triggers left missing or disabled afterwards.
 create or replace function audit_private.tg__capture_after_drop()
   returns event_trigger
   language plpgsql
+  security definer -- as tg__refresh_after_ddl: every role's DROP passes through here
   set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -549,17 +788,12 @@ declare
   target regclass;
   tracked_id integer;
 begin
-  if current_setting('audit_private.attaching', true) = 'on' then
-    return; -- attach_capture replacing its own triggers
-  end if;
   for dropped in
     select distinct o.object_type, o.address_names[1] as schema_name, o.address_names[2] as table_name
     from pg_event_trigger_dropped_objects() o
     -- Tables however they went (DROP SCHEMA … CASCADE drops them as dependents); triggers only when dropped
     -- themselves, not along with their table.
-    where o.object_type = 'table'
-       or (o.object_type = 'trigger' and o.original
-           and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate'))
+    where (o.object_type = 'table' and not o.is_temporary) or (o.object_type = 'trigger' and o.original)
   loop
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
@@ -570,6 +804,8 @@ begin
       perform audit_private.end_tracking(tracked_id);
     else
       target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+      continue when target is null
+        or not exists (select from audit_private.capture_trigger_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
         using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
       perform audit_private.refresh_tracking(target);
@@ -577,6 +813,13 @@ begin
   end loop;
 end
 $$;
+
+-- The machinery changes capture: only its owner (and the event triggers, running as it) calls it.
+revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop(),
+  audit_private.check_trigger(oid), audit_private.refresh_tracking(regclass), audit_private.end_tracking(integer),
+  audit_private.attach_capture(audit_private.tables, regclass), audit_private.detach_capture(integer, regclass),
+  audit_private.write_capture_functions(audit_private.tables, regclass),
+  audit_private.write_capture_function(text, audit_private.tables, text, text) from public;
 
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
 -- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
@@ -586,7 +829,7 @@ begin
   if (select rolsuper from pg_roles where rolname = current_user) then
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
-      when tag in ('ALTER TABLE')
+      when tag in ('ALTER TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop

@@ -75,10 +75,21 @@ comment on column audit.log.metadata is 'Setting audit.metadata (a JSON object);
 comment on column audit.log.db_user is 'Database role that made the change (after SET ROLE)';
 comment on column audit.log.application_name is 'application_name of the writing session';
 
--- Who may read: auditors everything, users their own activity, anonymous nothing.
-grant select on audit.log, audit.tracked_tables to cartop_user, cartop_auditor;
-grant select on audit_private.log_entries, audit_private.tables to cartop_user, cartop_auditor;
+-- Who may read: auditors everything, users their own activity, anonymous nothing. Users read the registry
+-- only as far as audit.log needs it (which table an audit row belongs to), not its options.
+grant select on audit.log to cartop_user, cartop_auditor;
+grant select on audit.tracked_tables to cartop_auditor;
+revoke select on audit.tracked_tables from cartop_user;
+grant select on audit_private.log_entries, audit_private.tables to cartop_auditor;
+grant select on audit_private.log_entries to cartop_user;
+revoke select on audit_private.tables from cartop_user;
+grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
+
+-- Capture (functions owned by cartop_capture) appends rows and reads the registry; nothing else.
+grant insert on audit_private.log_entries to cartop_capture;
+grant usage on sequence audit_private.log_id_seq to cartop_capture;
+grant select on audit_private.tables to cartop_capture;
 
 alter table audit_private.log_entries enable row level security;
 
@@ -86,6 +97,29 @@ drop policy if exists auditor_reads_all on audit_private.log_entries;
 create policy auditor_reads_all on audit_private.log_entries
   for select to cartop_auditor using (true);
 
+drop policy if exists capture_appends on audit_private.log_entries;
+create policy capture_appends on audit_private.log_entries
+  for insert to cartop_capture with check (true);
+
+-- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from a
+-- login that could read every row anyway: the API's login cartop_authenticator (a member of cartop_auditor,
+-- which sets it from a verified JWT on every request), a superuser, or the owner of the trail (the
+-- migrating role, which the API uses when AUTHENTICATOR_DATABASE_URL is unset). For such a login the
+-- setting only narrows what it sees. Any other SQL login reads the rows recorded under its login name.
+create or replace function audit_private.reader_user_id()
+  returns text
+  language sql
+  stable
+  parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case when exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+                or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
+                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER')
+              then audit_private.setting('audit.user_id')
+              else session_user::text end
+$$;
+
 drop policy if exists user_reads_own on audit_private.log_entries;
 create policy user_reads_own on audit_private.log_entries
-  for select to cartop_user using (user_id = audit_private.setting('audit.user_id'));
+  for select to cartop_user using (user_id = audit_private.reader_user_id());

@@ -237,15 +237,24 @@ export async function buildProgram(): Promise<Command> {
 
   program
     .command("track")
-    .description("start auditing a table (again: replace its options)")
+    .description("start auditing a table (again: set its options; refuses to drop an exclusion or mask unless --drop-protections)")
     .argument("<table>", "schema-qualified table, e.g. app.users")
     .option("--exclude <columns...>", "columns never recorded")
     .option("--mask <columns...>", "columns recorded as changed, never with their value")
+    .option("--drop-protections", "allow columns excluded or masked before to reach the trail from now on")
     .addOption(jsonOption())
-    .action(async (table: string, options: { exclude?: string[]; mask?: string[] } & OutputOptions) => {
+    .action(async (table: string, options: { exclude?: string[]; mask?: string[]; dropProtections?: boolean } & OutputOptions) => {
       await withDatabase(async (pool) => {
-        await pool.query("select audit.enable_tracking($1::regclass, $2::text[], $3::text[])",
-          [table, options.exclude ?? [], options.mask ?? []]);
+        try {
+          await pool.query("select audit.enable_tracking($1::regclass, $2::text[], $3::text[], $4)",
+            [table, options.exclude ?? [], options.mask ?? [], options.dropProtections === true]);
+        } catch (error) {
+          // The SQL hint names the SQL argument; say what to type here instead.
+          if ((error as { code?: string }).code === "22023" && /would no longer/.test((error as Error).message)) {
+            throw new Error(`${(error as Error).message}: name them again (--exclude, --mask), or add --drop-protections`);
+          }
+          throw error;
+        }
         const { rows } = await pool.query(
           `select schema_name, table_name, primary_key, excluded_columns, masked_columns, triggers_active
              from audit.tracked_tables where to_regclass(format('%I.%I', schema_name, table_name)) = $1::regclass`, [table]);
