@@ -14,6 +14,10 @@ export const ARCHIVE_COLUMNS = [
 ] as const;
 export const ARCHIVE_SCHEMA_VERSION = 1;
 
+/** Archive files hold every audited value, masked columns aside: readable by the owning OS user only. */
+export const FILE_MODE = 0o600;
+export const DIR_MODE = 0o700;
+
 export interface Manifest {
   month: string; // YYYY-MM
   partition: string;
@@ -136,7 +140,7 @@ export async function readManifest(file: string): Promise<Manifest> {
 /** Writes a file so that readers see either the old content or the new, never half of it. */
 export async function writeFileAtomically(file: string, content: string): Promise<void> {
   const temporary = `${file}.partial`;
-  await writeFile(temporary, content);
+  await writeFile(temporary, content, { mode: FILE_MODE });
   await fsyncFile(temporary);
   await rename(temporary, file);
 }

@@ -412,6 +412,8 @@ export async function runCli(argv: string[]): Promise<number> {
     if (e.code?.startsWith("commander.")) return 2; // commander already printed the message
     // A failed command speaks to the person who ran it, in plain words (logs are for running services).
     process.stderr.write(`cartop-audit: ${e.message ?? String(error)}\n`);
+    const hint = (error as { hint?: unknown }).hint;
+    if (typeof hint === "string" && hint) process.stderr.write(`hint: ${hint}\n`);
     return 1;
   }
 }

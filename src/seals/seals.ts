@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { appendFile, mkdir, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import type pg from "pg";
-import { fsyncFile } from "../archive/files.ts";
+import { DIR_MODE, FILE_MODE, fsyncFile } from "../archive/files.ts";
 
 /** Version of the digest definitions below; stored with each seal. Changing them means a new format. */
 const SEAL_FORMAT = 1;
@@ -93,11 +93,11 @@ async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<void
   const inFiles = await sealsInFiles(archiveDir);
   const missing = seals.filter((seal) => !inFiles.has(seal.day));
   if (!missing.length) return;
-  await mkdir(sealDir(archiveDir), { recursive: true });
+  await mkdir(sealDir(archiveDir), { recursive: true, mode: DIR_MODE });
   const touched = new Set<string>();
   for (const seal of missing) {
     const file = path.join(sealDir(archiveDir), `${seal.day.slice(0, 7)}.jsonl`);
-    await appendFile(file, `${JSON.stringify(seal)}\n`);
+    await appendFile(file, `${JSON.stringify(seal)}\n`, { mode: FILE_MODE });
     touched.add(file);
   }
   for (const file of touched) await fsyncFile(file);
@@ -238,13 +238,9 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
         archivedDays++;
         continue;
       }
-      const now = await dayDigest(client, seal.day);
+      const problem = await dayProblem(client, seal);
       checkedDays++;
-      if (now.rows !== seal.rows) {
-        problems.push({ day: seal.day, problem: `${now.rows} rows, but ${seal.rows} were sealed` });
-      } else if (now.digest !== seal.rows_digest) {
-        problems.push({ day: seal.day, problem: `rows differ from what was sealed (same count, ${seal.rows})` });
-      }
+      if (problem) problems.push({ day: seal.day, problem });
     }
     await client.query("commit");
   } finally {
@@ -261,6 +257,31 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
     problems,
     firstBadDay: problems[0]?.day ?? null,
   };
+}
+
+/** Why the rows of a sealed day no longer match its seal, or null when they do. */
+async function dayProblem(db: pg.Pool | pg.PoolClient, seal: Pick<Seal, "day" | "rows" | "rows_digest">): Promise<string | null> {
+  const now = await dayDigest(db, seal.day);
+  if (now.rows !== seal.rows) return `${now.rows} rows, but ${seal.rows} were sealed`;
+  if (now.digest !== seal.rows_digest) return `rows differ from what was sealed (same count, ${seal.rows})`;
+  return null;
+}
+
+/**
+ * The sealed days of one month whose rows (as `db` sees them now) do not match their seals. Archiving and
+ * restoring call it inside their transaction: a month leaves or re-enters the database only as it was sealed.
+ */
+export async function monthSealProblems(db: pg.PoolClient, month: string): Promise<SealProblem[]> {
+  const { rows: seals } = await db.query<Seal>(
+    `select ${SEAL_COLUMNS} from audit.seals
+      where day >= $1::date and day < ($1::date + interval '1 month')::date order by day`, [month]);
+  await db.query("set local work_mem = '256MB'");
+  const problems: SealProblem[] = [];
+  for (const seal of seals) {
+    const problem = await dayProblem(db, seal);
+    if (problem) problems.push({ day: seal.day, problem });
+  }
+  return problems;
 }
 
 function nextDay(day: string): string {
