@@ -2,7 +2,8 @@
 // 2 usage error (unknown command or option, bad argument).
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { archiveMonth, restoreMonth, verifyArchive } from "../archive/archive.ts";
+import { restoreMonth, verifyArchive } from "../archive/archive.ts";
+import { archiveDue } from "../archive/due.ts";
 import { parseMonth } from "../archive/files.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
@@ -343,24 +344,20 @@ export function buildProgram(): Command {
 
   partitions
     .command("archive")
-    .description("archive (export, verify, detach, drop) months entirely older than N months before this one")
+    .description("summarise and seal, then archive (export, verify, detach, drop) months entirely older than N months before this one, and finish interrupted ones")
     .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
     .addOption(jsonOption())
     .action(async (options: { olderThan?: number } & OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const { rows } = await pool.query<{ month: string }>(
-          "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m",
-          [options.olderThan ?? config.retentionMonths]);
-        const results = [];
-        for (const { month } of rows) {
-          const bar = progress(`archive ${month.slice(0, 7)}`, options);
-          try {
-            results.push(await archiveMonth(pool, month, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) }));
-          } finally {
-            bar.stop();
-          }
-        }
-        printRows(results.map((r) => ({ ...r })), options, "nothing to archive");
+        const { archived, skipped } = await archiveDue(pool, {
+          dir: config.archiveDir, olderThanMonths: options.olderThan ?? config.retentionMonths,
+          onMonth: (label) => {
+            const bar = progress(`archive ${label}`, options);
+            return { onRows: (n, t) => bar.update(n, t), done: () => bar.stop() };
+          },
+        });
+        for (const s of skipped) process.stderr.write(`not archived ${s.month}: ${s.reason}\n`);
+        printRows(archived.map((r) => ({ ...r })), options, "nothing to archive");
       });
     });
 
