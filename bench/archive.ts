@@ -10,6 +10,7 @@ import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
 import { openScratchDatabase } from "./scratch.ts";
 import { insertRealisticAuditRows } from "./seed.ts";
 import { printTable } from "./stats.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 const { values: args } = parseArgs({ options: { rows: { type: "string", default: "250000,1000000" } } });
 const sizes = args.rows.split(",").map(Number);
@@ -39,8 +40,8 @@ try {
     // A realistic mix: ~300-byte rows, a delta on a third of them, context on half.
     await insertRealisticAuditRows(pool, month, rows, 2_500_000);
     await pool.query("checkpoint");
-    const archived = await measured(() => archiveMonth(pool, month, { dir }));
-    const restored = await measured(() => restoreMonth(pool, month, { dir }));
+    const archived = await measured(() => archiveMonth(pool, month, { store: fileStore(dir) }));
+    const restored = await measured(() => restoreMonth(pool, month, { store: fileStore(dir) }));
     lines.push([
       String(rows), `${(archived.ms / 1000).toFixed(1)} s`, String(Math.round(rows / (archived.ms / 1000))),
       `${(restored.ms / 1000).toFixed(1)} s`, String(Math.round(rows / (restored.ms / 1000))),

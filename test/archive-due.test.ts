@@ -7,6 +7,7 @@ import path from "node:path";
 import { archiveMonth } from "../src/archive/archive.ts";
 import { runCli } from "../src/cli/commands.ts";
 import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -51,7 +52,7 @@ test("partitions archive seals first, archives the old month and finishes one le
       [month]);
   }
   // An earlier run died after detaching `older`: its partition no longer shows in audit.partitions.
-  const crash = await errorOf(archiveMonth(db.pool, older, { dir, afterStep: (step) => { if (step === "detached") throw new Error("killed"); } }));
+  const crash = await errorOf(archiveMonth(db.pool, older, { store: fileStore(dir), afterStep: (step) => { if (step === "detached") throw new Error("killed"); } }));
   expect(crash.message).toBe("killed");
 
   const run = await cli("partitions", "archive", "--older-than", "12", "--json");
@@ -75,4 +76,17 @@ test("partitions archive seals first, archives the old month and finishes one le
   const { rows: [counted] } = await db.pool.query(
     `select coalesce(sum(changes), 0)::int as n from audit.activity_daily where day = $1::date + 2`, [old]);
   expect(counted.n).toBe(300);
+});
+
+test("archive query runs SQL over the archived months' Parquet copies in the archive directory", async () => {
+  const { rows: [{ older }] } = await db.pool.query(
+    `select to_char(audit_private.current_month() - interval '16 months', 'YYYY-MM') as older`);
+  const json = await cli("archive", "query", "select strftime(created_at, '%Y-%m') as month, count(*)::int as n from audit_log group by 1 order by 1", "--json");
+  expect(json.code).toBe(0);
+  expect(JSON.parse(json.stdout)).toEqual([{ month: older, n: 300 }, { month: expect.any(String), n: 300 }]);
+  const table = await cli("archive", "query", "select count(*)::int as archived_rows from audit_log");
+  expect(table.code).toBe(0);
+  expect(table.stdout).toMatch(/archived_rows[\s\S]*600/);
+  const refused = await cli("archive", "query", "delete from audit_log");
+  expect(refused.code).toBe(1);
 });

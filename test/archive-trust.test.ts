@@ -12,6 +12,7 @@ import { archiveMonth, restoreMonth, verifyArchive } from "../src/archive/archiv
 import { archivePaths, readManifest } from "../src/archive/files.ts";
 import { sealDays, verifySeals } from "../src/seals/seals.ts";
 import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 let db: TestDatabase;
 let base: string;
@@ -37,8 +38,8 @@ beforeAll(async () => {
      select $1::timestamptz + g * interval '7 minutes', 1000 + g, 1, 'I', g::text, jsonb_build_object('id', g, 'total', g * 10),
             'user-' || (g % 10), 'owner'
      from generate_series(1, 2000) g`, [month]);
-  await sealDays(db.pool, { archiveDir: dir });
-  await archiveMonth(db.pool, month, { dir });
+  await sealDays(db.pool, { store: fileStore(dir) });
+  await archiveMonth(db.pool, month, { store: fileStore(dir) });
 });
 afterAll(async () => {
   await db?.drop();
@@ -76,7 +77,7 @@ async function forgeConsistently(paths: ReturnType<typeof archivePaths>) {
   expect(forged).not.toBe(text);
   const compressed = gzipSync(Buffer.from(forged, "utf8"));
   await writeFile(paths.data, compressed);
-  const manifest = await readManifest(paths.manifest);
+  const manifest = await readManifest(fileStore(dir), path.basename(paths.manifest));
   await writeFile(paths.manifest, JSON.stringify({
     ...manifest, sha256: createHash("sha256").update(compressed).digest("hex"), bytes: compressed.length,
   }));
@@ -85,11 +86,11 @@ async function forgeConsistently(paths: ReturnType<typeof archivePaths>) {
 describe("restore trusts the database's record, not the manifest", () => {
   test("a file and manifest edited to agree with each other are refused by restore and verify; nothing changes", async () => {
     await withForgery(forgeConsistently, async () => {
-      const error = await errorOf(restoreMonth(db.pool, month, { dir }));
+      const error = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
       expect(error.message).toMatch(new RegExp(
         `^refusing to restore ${label}: checksum mismatch: the file's SHA-256 is [0-9a-f]{64}, audit\\.archives records [0-9a-f]{64}\\. Nothing was changed\\.$`));
       expect(error).toMatchObject({ code: "XX001", hint: expect.stringMatching(/altered or replaced/) });
-      expect(await verifyArchive(db.pool, month, { dir })).toMatchObject({ ok: false, problem: expect.stringMatching(/^checksum mismatch/) });
+      expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: false, problem: expect.stringMatching(/^checksum mismatch/) });
       expect(await state()).toEqual(archivedUntouched);
     });
   });
@@ -98,10 +99,10 @@ describe("restore trusts the database's record, not the manifest", () => {
     const { rows: [{ sha256 }] } = await db.pool.query(`select sha256 from audit.archives where month = $1`, [month]);
     await withForgery(async (paths) => {
       await forgeConsistently(paths);
-      const forged = await readManifest(paths.manifest);
+      const forged = await readManifest(fileStore(dir), path.basename(paths.manifest));
       await db.pool.query(`update audit.archives set sha256 = $2, bytes = $3 where month = $1`, [month, forged.sha256, forged.bytes]);
     }, async () => {
-      const error = await errorOf(restoreMonth(db.pool, month, { dir }));
+      const error = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
       expect(error.message).toMatch(new RegExp(
         `^refusing to restore ${label}: its rows do not match their seals \\(\\d{4}-\\d{2}-\\d{2}: rows differ from what was sealed \\(same count, \\d+\\)\\)\\. Nothing was changed\\.$`));
       expect(error.code).toBe("XX001");
@@ -112,12 +113,12 @@ describe("restore trusts the database's record, not the manifest", () => {
   test("a manifest whose columns smuggle COPY … FROM PROGRAM is refused, and the command never runs", async () => {
     const marker = path.join(os.tmpdir(), `cartop-pwned-${process.pid}-${Date.now()}`);
     await withForgery(async (paths) => {
-      const manifest = await readManifest(paths.manifest);
+      const manifest = await readManifest(fileStore(dir), path.basename(paths.manifest));
       // Old restore code pasted this list into `copy … (<columns>) from stdin`.
       const columns = [...manifest.columns.slice(0, -1), `application_name) from program 'touch ${marker}' --`];
       await writeFile(paths.manifest, JSON.stringify({ ...manifest, columns }));
     }, async () => {
-      const error = await errorOf(restoreMonth(db.pool, month, { dir }));
+      const error = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
       expect(error.message).toMatch(new RegExp(`^refusing to restore ${label}: the manifest lists columns .*from program.*, archive format 1 has .*\\. Nothing was changed\\.$`));
       expect(error.code).toBe("XX001");
       expect(existsSync(marker)).toBe(false);
@@ -127,7 +128,7 @@ describe("restore trusts the database's record, not the manifest", () => {
 
   test("a month the database has no record of is refused (a file brought from elsewhere)", async () => {
     const other = monthsAgo(30);
-    const error = await errorOf(restoreMonth(db.pool, other, { dir }));
+    const error = await errorOf(restoreMonth(db.pool, other, { store: fileStore(dir) }));
     expect(error.message).toBe(`refusing to restore ${other.slice(0, 7)}: audit.archives has no record of it, so there is nothing to check ` +
       "the file against. Nothing was changed.");
     expect(error).toMatchObject({ code: "55000", hint: expect.stringMatching(/database that archived the month/) });
@@ -145,7 +146,7 @@ test("a restored month whose rows no longer match their seals is never archived 
   await db.pool.query(`update audit.archives set status = 'restored' where month = $1`, [month]);
   const { rows: [{ sha256 }] } = await db.pool.query(`select sha256 from audit.archives where month = $1`, [month]);
 
-  const error = await errorOf(archiveMonth(db.pool, month, { dir }));
+  const error = await errorOf(archiveMonth(db.pool, month, { store: fileStore(dir) }));
   expect(error.message).toMatch(new RegExp(`^refusing to archive ${label}: its rows do not match their seals \\(${label}-01: rows differ`));
   expect(error).toMatchObject({ code: "XX001", hint: expect.stringMatching(/stays in the database/) });
   expect(await state()).toEqual({ partition_present: true, status: "exporting", rows: 2000 });
@@ -153,7 +154,7 @@ test("a restored month whose rows no longer match their seals is never archived 
   expect(after.last_error).toMatch(/do not match their seals/);
   // The genuine archive is still what the database records, and `verify` names the forged days.
   expect(after.sha256).toBe(sha256);
-  expect((await verifySeals(db.pool, { archiveDir: dir })).firstBadDay).toBe(month);
+  expect((await verifySeals(db.pool, { store: fileStore(dir) })).firstBadDay).toBe(month);
 });
 
 test("archive files and seal copies are readable by their owner only", async () => {

@@ -2,9 +2,6 @@
 // in audit.archives before the next, so a run killed anywhere resumes without duplicates or loss.
 // Restoring: check the file against the database's record of the month (audit.archives) first, then COPY
 // it back into a fresh partition and check the rows against the month's seals before committing.
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, stat } from "node:fs/promises";
-import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type pg from "pg";
@@ -12,14 +9,19 @@ import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { monthSealProblems } from "../seals/seals.ts";
 import { ARCHIVE_ERRORS, ArchiveError } from "./errors.ts";
 import {
-  ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION, archivePaths, DIR_MODE, FILE_MODE, fsyncFile, hasher, inspectArchiveFile, mismatch,
-  monthLabel, readManifest, rowCounter, writeFileAtomically, type FileCheck, type Manifest,
+  ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION, archiveNames, checksumOf, hasher, inspectArchive, mismatch,
+  monthLabel, readManifest, rowCounter, type FileCheck, type Manifest,
 } from "./files.ts";
+import { exportParquet } from "./parquet.ts";
+import { putThrough, type ArchiveStore } from "./store.ts";
 
 export type ArchiveStep = "exported" | "verified" | "detached" | "archived";
 
 export interface ArchiveOptions {
-  dir: string;
+  /** Where the files go and are read back from (openArchiveStore: AUDIT_ARCHIVE_URL). */
+  store: ArchiveStore;
+  /** Also write the month as Parquet (default true; AUDIT_ARCHIVE_PARQUET). */
+  parquet?: boolean;
   /** Rows written so far in the current step (export, verify, restore), for progress bars. */
   onRows?: (rows: number, total: number) => void;
   /** Called after each recorded step; tests throw here to simulate a crash. */
@@ -44,7 +46,9 @@ interface ArchiveRow {
   status: string;
   rows: string | null;
   sha256: string | null;
+  bytes: string | null;
   file_name: string | null;
+  parquet_sha256: string | null;
 }
 
 async function record(pool: pg.Pool, month: string, fields: Record<string, unknown>): Promise<void> {
@@ -76,7 +80,7 @@ async function checkColumns(client: pg.PoolClient): Promise<void> {
 /** Step 1: stream the month out in one snapshot, compressed, hashed and counted on the way. */
 async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions): Promise<Manifest> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   const partition = await partitionName(pool, month);
   const client = await pool.connect();
   try {
@@ -102,17 +106,21 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
     const copy = client.query(copyTo(
       `copy (select ${quotedColumns(client)} from audit.${client.escapeIdentifier(partition)} order by id) to stdout`,
     ));
-    await pipeline(copy, counter, createGzip(), hash, createWriteStream(paths.partial, { mode: FILE_MODE }));
-    await client.query("commit");
+    await putThrough(options.store, names.data, copy, counter, createGzip(), hash);
     if (counter.rows !== total) {
       throw new Error(`export of ${label} wrote ${counter.rows} rows but the partition holds ${total}`);
     }
-    await fsyncFile(paths.partial);
-    await rename(paths.partial, paths.data);
+    let parquet: Manifest["parquet"] = null;
+    if (options.parquet !== false) {
+      const written = await exportParquet(client, month, options.store, names.parquet);
+      if (written.rows !== total) throw new Error(`export of ${label} wrote ${written.rows} rows as Parquet but the partition holds ${total}`);
+      parquet = { file: names.parquet, sha256: written.sha256, bytes: written.bytes };
+    }
+    await client.query("commit");
     const manifest: Manifest = {
       month: label,
       partition: `audit.${partition}`,
-      file: path.basename(paths.data),
+      file: names.data,
       rows: total,
       firstCreatedAt: stats.first ? new Date(stats.first).toISOString() : null,
       lastCreatedAt: stats.last ? new Date(stats.last).toISOString() : null,
@@ -122,8 +130,9 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
       columns: [...ARCHIVE_COLUMNS],
       tables: Object.fromEntries(tables.map((t) => [String(t.id), t.name])),
       exportedAt: new Date().toISOString(),
+      parquet,
     };
-    await writeFileAtomically(paths.manifest, `${JSON.stringify(manifest, null, 2)}\n`);
+    await options.store.put(names.manifest, `${JSON.stringify(manifest, null, 2)}\n`);
     client.release();
     return manifest;
   } catch (error) {
@@ -135,9 +144,8 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
 
 /** Archives one month (first day as YYYY-MM-DD), resuming from whatever step was last recorded. */
 export async function archiveMonth(pool: pg.Pool, month: string, options: ArchiveOptions): Promise<ArchiveResult> {
-  await mkdir(options.dir, { recursive: true, mode: DIR_MODE });
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   await pool.query(
     `insert into audit.archives (month, partition_name) values ($1, audit_private.partition_name($1::date))
      on conflict (month) do update set status = 'exporting', last_error = null, started_at = now()
@@ -152,17 +160,21 @@ export async function archiveMonth(pool: pg.Pool, month: string, options: Archiv
       const manifest = await exportMonth(pool, month, options);
       await record(pool, month, {
         status: "exported", rows: manifest.rows, sha256: manifest.sha256, bytes: manifest.bytes,
-        file_name: manifest.file, manifest_name: path.basename(paths.manifest),
+        file_name: manifest.file, manifest_name: names.manifest,
         first_created_at: manifest.firstCreatedAt, last_created_at: manifest.lastCreatedAt,
-        schema_version: manifest.schemaVersion,
+        schema_version: manifest.schemaVersion, location: options.store.url,
+        parquet_file: manifest.parquet?.file ?? null, parquet_sha256: manifest.parquet?.sha256 ?? null,
+        parquet_bytes: manifest.parquet?.bytes ?? null,
       });
       await options.afterStep?.("exported");
       row = await current();
     }
     if (row.status === "exported") {
-      const manifest = await readManifest(paths.manifest);
-      const check = await inspectArchiveFile(paths.data, (rows) => options.onRows?.(rows, manifest.rows));
-      const problem = mismatch(manifest, check) ?? (manifest.sha256 !== row.sha256 ? "the manifest file and audit.archives disagree" : null);
+      // Read back from the store, not from memory: the month is dropped only once what the store holds verifies.
+      const manifest = await readManifest(options.store, names.manifest);
+      const check = await inspectArchive(options.store, names.data, (rows) => options.onRows?.(rows, manifest.rows));
+      const problem = mismatch(manifest, check) ?? (manifest.sha256 !== row.sha256 ? "the manifest file and audit.archives disagree" : null) ??
+        (await parquetProblem(options.store, label, row.parquet_sha256));
       if (problem) {
         // Nothing was detached yet: export again from the still-attached partition.
         await record(pool, month, { status: "exporting", last_error: `verify: ${problem}` });
@@ -189,8 +201,8 @@ export async function archiveMonth(pool: pg.Pool, month: string, options: Archiv
     throw error;
   }
   return {
-    month: label, rows: Number(row.rows), sha256: row.sha256 ?? "", bytes: (await stat(paths.data)).size,
-    file: paths.data, status: row.status,
+    month: label, rows: Number(row.rows), sha256: row.sha256 ?? "", bytes: Number(row.bytes),
+    file: options.store.locate(names.data), status: row.status,
   };
 }
 
@@ -238,16 +250,18 @@ interface ArchiveRecord {
   sha256: string;
   firstCreatedAt: string | null;
   lastCreatedAt: string | null;
+  parquetSha256: string | null;
 }
 
 async function archiveRecord(db: pg.Pool | pg.PoolClient, month: string): Promise<ArchiveRecord | null> {
   const { rows } = await db.query(
-    `select status, rows, sha256, first_created_at, last_created_at from audit.archives
+    `select status, rows, sha256, first_created_at, last_created_at, parquet_sha256 from audit.archives
       where month = $1 and status <> 'exporting'`, [month]);
   const row = rows[0];
   if (!row) return null;
   const iso = (t: Date | null) => (t ? t.toISOString() : null);
-  return { status: row.status, rows: Number(row.rows), sha256: row.sha256, firstCreatedAt: iso(row.first_created_at), lastCreatedAt: iso(row.last_created_at) };
+  return { status: row.status, rows: Number(row.rows), sha256: row.sha256, firstCreatedAt: iso(row.first_created_at), lastCreatedAt: iso(row.last_created_at),
+    parquetSha256: row.parquet_sha256 };
 }
 
 /**
@@ -277,24 +291,31 @@ function columnsProblem(manifest: Manifest): string | null {
   return `the manifest lists columns ${JSON.stringify(manifest.columns)}, archive format ${ARCHIVE_SCHEMA_VERSION} has ${JSON.stringify(ARCHIVE_COLUMNS)}`;
 }
 
-/** Re-checks one archive file against audit.archives (the reference) and its manifest. */
-export async function verifyArchive(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "dir" | "onRows">): Promise<VerifyResult> {
+/** Why the month's Parquet copy does not match its recorded checksum, or null (also when none was written). */
+async function parquetProblem(store: ArchiveStore, label: string, expected: string | null): Promise<string | null> {
+  if (!expected) return null;
+  const { sha256 } = await checksumOf(store, archiveNames(label).parquet);
+  return sha256 === expected ? null : `Parquet checksum mismatch: the file's SHA-256 is ${sha256}, audit.archives records ${expected}`;
+}
+
+/** Re-checks one month's archive files against audit.archives (the reference) and its manifest. */
+export async function verifyArchive(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "store" | "onRows">): Promise<VerifyResult> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   let problem: string | null;
   try {
     const record = await archiveRecord(pool, month);
     if (!record) {
       problem = `audit.archives has no record of ${label}: nothing to check the file against`;
     } else {
-      const manifest = await readManifest(paths.manifest);
-      const check = await inspectArchiveFile(paths.data, (rows) => options.onRows?.(rows, record.rows));
-      problem = disagreement(record, manifest, check);
+      const manifest = await readManifest(options.store, names.manifest);
+      const check = await inspectArchive(options.store, names.data, (rows) => options.onRows?.(rows, record.rows));
+      problem = disagreement(record, manifest, check) ?? (await parquetProblem(options.store, label, record.parquetSha256));
     }
   } catch (error) {
     problem = (error as Error).message;
   }
-  return { month: label, file: paths.data, ok: problem === null, problem };
+  return { month: label, file: options.store.locate(names.data), ok: problem === null, problem };
 }
 
 export interface RestoreResult {
@@ -308,9 +329,9 @@ export interface RestoreResult {
  * file matches audit.archives' record of the month (checksum, rows, first/last time) and the restored rows
  * match every seal of the month's days; the manifest only has to agree with both.
  */
-export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "dir" | "onRows">): Promise<RestoreResult> {
+export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "store" | "onRows">): Promise<RestoreResult> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   const refuse = (why: string, code: string, hint?: string) =>
     new ArchiveError(`refusing to restore ${label}: ${why}. Nothing was changed.`, code, hint);
 
@@ -319,8 +340,8 @@ export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<A
     throw refuse("audit.archives has no record of it, so there is nothing to check the file against", ARCHIVE_ERRORS.wrongState,
       "restore into the database that archived the month (its audit.archives row is the reference)");
   }
-  const manifest = await readManifest(paths.manifest);
-  const check = await inspectArchiveFile(paths.data);
+  const manifest = await readManifest(options.store, names.manifest);
+  const check = await inspectArchive(options.store, names.data);
   const problem = disagreement(record, manifest, check);
   if (problem) {
     throw refuse(problem, ARCHIVE_ERRORS.corrupted, "the archive file or its manifest was altered or replaced; restore from an intact copy");
@@ -347,7 +368,7 @@ export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<A
     }
     const counter = rowCounter((rows) => options.onRows?.(rows, record.rows));
     await pipeline(
-      createReadStream(paths.data), createGunzip(), counter,
+      await options.store.get(names.data), createGunzip(), counter,
       client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${quotedColumns(client)}) from stdin`)),
     );
     if (!state.present) await client.query("select audit_private.attach_restore_table($1::date)", [month]);

@@ -25,7 +25,7 @@ export interface DueResult {
 export async function archiveDue(pool: pg.Pool, options: DueOptions): Promise<DueResult> {
   // A month leaves the database summarised (activity_daily keeps its counts) and sealed.
   await pool.query("select audit.summarize_activity()");
-  const sealed = await sealDays(pool, { archiveDir: options.dir, stopAfterSeconds: options.sealBudgetSeconds });
+  const sealed = await sealDays(pool, { store: options.store, stopAfterSeconds: options.sealBudgetSeconds });
 
   const { rows } = await pool.query<{ month: string; unfinished: boolean; sealed_through: string | null }>(
     `with due as (

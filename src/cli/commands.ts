@@ -4,6 +4,8 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
 import { restoreMonth, verifyArchive } from "../archive/archive.ts";
 import { archiveDue } from "../archive/due.ts";
+import { queryArchive } from "../archive/parquet.ts";
+import { openArchiveStore } from "../archive/store.ts";
 import { parseMonth } from "../archive/files.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
@@ -239,8 +241,9 @@ export function buildProgram(): Command {
           "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
         const { rows: archived } = await pool.query<{ month: string }>(
           "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = 'archived' order by month");
+        const store = openArchiveStore(config);
         for (const { month } of archived) {
-          const result = await verifyArchive(pool, month, { dir: config.archiveDir });
+          const result = await verifyArchive(pool, month, { store });
           if (!result.ok) rows.push({ check_name: "archive_unverified", object: result.file, problem: result.problem ?? "" });
         }
         printRows(rows, options, "no problems found");
@@ -255,7 +258,7 @@ export function buildProgram(): Command {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
+        const sealed = await sealDays(pool, { store: openArchiveStore(config) });
         printRows(sealed.map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest })), options, "nothing to seal");
       });
     });
@@ -269,7 +272,7 @@ export function buildProgram(): Command {
     .action(async (options: { from?: string; to?: string } & OutputOptions) => {
       const bar = progress("verify", options, "days");
       const report = await withDatabase((pool, config) =>
-        verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
+        verifySeals(pool, { store: openArchiveStore(config), from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
         .finally(() => bar.stop());
       if (options.json) {
         printResult({ ...report }, options);
@@ -350,7 +353,7 @@ export function buildProgram(): Command {
     .action(async (options: { olderThan?: number } & OutputOptions) => {
       await withDatabase(async (pool, config) => {
         const { archived, skipped } = await archiveDue(pool, {
-          dir: config.archiveDir, olderThanMonths: options.olderThan ?? config.retentionMonths,
+          store: openArchiveStore(config), parquet: config.archiveParquet, olderThanMonths: options.olderThan ?? config.retentionMonths,
           onMonth: (label) => {
             const bar = progress(`archive ${label}`, options);
             return { onRows: (n, t) => bar.update(n, t), done: () => bar.stop() };
@@ -370,7 +373,7 @@ export function buildProgram(): Command {
       await withDatabase(async (pool, config) => {
         const bar = progress(`restore ${first.slice(0, 7)}`, options);
         try {
-          printResult({ ...(await restoreMonth(pool, first, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) })) }, options);
+          printResult({ ...(await restoreMonth(pool, first, { store: openArchiveStore(config), onRows: (n, t) => bar.update(n, t) })) }, options);
         } finally {
           bar.stop();
         }
@@ -387,11 +390,25 @@ export function buildProgram(): Command {
         const months = first ? [first] : (await pool.query<{ month: string }>(
           "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status <> 'exporting' order by month")).rows.map((r) => r.month);
         const results = [];
-        for (const m of months) results.push(await verifyArchive(pool, m, { dir: config.archiveDir }));
+        const store = openArchiveStore(config);
+        for (const m of months) results.push(await verifyArchive(pool, m, { store }));
         printRows(results.map((r) => ({ ...r })), options, "no archives");
         return results.some((r) => !r.ok);
       });
       if (failed) process.exitCode = 1;
+    });
+
+  program
+    .command("archive")
+    .description("archived months, read in place")
+    .command("query")
+    .description("run one SELECT over every archived month (their Parquet copies), as the table audit_log with audit.log's columns")
+    .argument("<sql>", "e.g. \"select created_at, user_id, changes from audit_log where entity_name = 'products' and entity_id = '42'\"")
+    .addOption(jsonOption())
+    .action(async (sql: string, options: OutputOptions) => {
+      // Needs no database: the archive store alone (AUDIT_ARCHIVE_URL / AUDIT_ARCHIVE_DIR).
+      const result = await queryArchive(openArchiveStore(readConfig()), sql);
+      printRows(result.rows, options, "no rows");
     });
 
   return program;

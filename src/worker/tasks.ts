@@ -3,6 +3,7 @@
 import type { JobHelpers, Task, TaskList } from "graphile-worker";
 import type pg from "pg";
 import { archiveDue } from "../archive/due.ts";
+import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
 import { sealDays } from "../seals/seals.ts";
 
@@ -31,7 +32,12 @@ export const TASK_NAMES = [
 /** A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up. */
 const SEAL_BUDGET_SECONDS = 300;
 
-type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">;
+type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths"> & {
+  /** Where archives and seal copies go (openArchiveStore). */
+  store: ArchiveStore;
+  /** Also write archived months as Parquet (default true). */
+  parquet?: boolean;
+};
 
 /** Records each run (success with its result, or failure with its error, which graphile-worker then retries). */
 function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Promise<object>): Task {
@@ -55,7 +61,7 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
 
 export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<(typeof TASK_NAMES)[number], Task> {
   const sealFinishedDays = async (helpers: JobHelpers) => {
-    const sealed = await sealDays(pool, { archiveDir: config.archiveDir, stopAfterSeconds: SEAL_BUDGET_SECONDS });
+    const sealed = await sealDays(pool, { store: config.store, stopAfterSeconds: SEAL_BUDGET_SECONDS });
     if (sealed.length) {
       const days = sealed.length === 1 ? sealed[0]!.day : `${sealed.length} days, ${sealed[0]!.day} to ${sealed.at(-1)!.day}`;
       helpers.logger.info(`sealed ${days} (${sealed.reduce((n, s) => n + s.rows, 0)} audit rows)`);
@@ -87,7 +93,7 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
 
     audit__archive_partitions: recorded(pool, "audit__archive_partitions", async (helpers) => {
       const { sealed, archived, skipped } = await archiveDue(pool, {
-        dir: config.archiveDir, olderThanMonths: config.retentionMonths, sealBudgetSeconds: SEAL_BUDGET_SECONDS,
+        store: config.store, parquet: config.parquet, olderThanMonths: config.retentionMonths, sealBudgetSeconds: SEAL_BUDGET_SECONDS,
       });
       if (sealed.length) helpers.logger.info(`sealed ${sealed.length} days before archiving`);
       for (const r of archived) helpers.logger.info(`archived ${r.month}: ${r.rows} rows → ${r.file}`);
