@@ -15,7 +15,7 @@ import { queryArchive } from "../src/archive/parquet.ts";
 import { openArchiveStore, type ArchiveStore } from "../src/archive/store.ts";
 import { readConfig } from "../src/config.ts";
 import { sealDays, verifySeals } from "../src/seals/seals.ts";
-import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
+import { createTestDatabase, errorOf, monthsAgo, type TestDatabase } from "./helpers.ts";
 
 const PORT = 3300;
 const BUCKET = "audit-archive";
@@ -32,10 +32,6 @@ let store: ArchiveStore;
 let s3: S3Client;
 let smallAsLogged: Record<string, unknown>[];
 
-function monthsAgo(back: number): string {
-  const now = new Date();
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - back, 1)).toISOString().slice(0, 10);
-}
 const big = monthsAgo(3);
 const small = monthsAgo(2);
 

@@ -11,18 +11,13 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { archiveMonth, restoreMonth, verifyArchive } from "../src/archive/archive.ts";
 import { archivePaths, readManifest } from "../src/archive/files.ts";
 import { sealDays, verifySeals } from "../src/seals/seals.ts";
-import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
+import { createTestDatabase, errorOf, monthsAgo, type TestDatabase } from "./helpers.ts";
 import { fileStore } from "../src/archive/store.ts";
 
 let db: TestDatabase;
 let base: string;
 let dir: string;
 
-/** First day (YYYY-MM-DD) of the month `back` months before the current UTC month. */
-function monthsAgo(back: number): string {
-  const now = new Date();
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - back, 1)).toISOString().slice(0, 10);
-}
 const month = monthsAgo(2);
 const label = month.slice(0, 7);
 

@@ -136,7 +136,14 @@ export async function queryArchive(store: ArchiveStore, sql: string): Promise<Qu
           "archives are read-only here; write a SELECT over audit_log");
       }
       const reader = await statement.runAndReadAll();
-      return { columns: reader.columnNames(), rows: reader.getRowObjectsJson() as Record<string, unknown>[] };
+      // JSON columns (old_value, new_value, changes, metadata) come back as text: parse them, as psql shows jsonb.
+      const columns = reader.columnNames();
+      const json = columns.filter((_name, i) => reader.columnType(i).alias === "JSON");
+      const rows = reader.getRowObjectsJson() as Record<string, unknown>[];
+      for (const row of rows) {
+        for (const name of json) if (typeof row[name] === "string") row[name] = JSON.parse(row[name] as string);
+      }
+      return { columns, rows };
     });
   } finally {
     await rm(work, { recursive: true, force: true });

@@ -78,7 +78,11 @@ async function sealsInFiles(store: ArchiveStore): Promise<Map<string, Seal>> {
   return found;
 }
 
-/** Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the copy). */
+/**
+ * Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the
+ * copy). Runs after the seals commit, outside the sealing lock: if two sealers race on an S3 object (rewritten
+ * whole there), a line lost by one is written again by the next run, which compares with audit.seals.
+ */
 async function copySealsToFiles(store: ArchiveStore, seals: Seal[]): Promise<void> {
   const inFiles = await sealsInFiles(store);
   const missing = new Map<string, string>();
