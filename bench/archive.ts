@@ -52,10 +52,12 @@ if (args.s3) {
 }
 try {
   console.log(`${await scratch.describe()}; archive dir ${dir}`);
-  // The seeded rows refer to audited tables 1-3; audit.log (and so the Parquet copy) shows only rows of known tables.
-  for (let n = 1; Number((await pool.query("select coalesce(max(id), 0) as m from audit_private.tables")).rows[0].m) < 3; n++) {
-    await pool.query(`create table public.bench_table_${n} (id int primary key); select audit.enable_tracking('public.bench_table_${n}')`);
-  }
+  // The seeded rows refer to audited tables 1-3; audit.log (and so the Parquet copy) shows only rows of
+  // registered tables: register any of those ids the fresh database lacks.
+  await pool.query(`insert into audit_private.tables (id, schema_name, table_name, primary_key)
+                    overriding system value
+                    select g, 'bench', 'table_' || g, '{id}' from generate_series(1, 3) g
+                    on conflict do nothing`);
   const lines = [["rows", "format", "export", "export rows/s", "file", "bytes/row", "restore rows/s", "scan rows/s", "peak RSS"]];
   for (const [i, rows] of sizes.entries()) {
     const month = `2020-${String(i + 1).padStart(2, "0")}-01`;

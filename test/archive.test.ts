@@ -121,6 +121,15 @@ describe("archive and restore", () => {
     expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true });
   });
 
+  test("an empty month archives (with an empty Parquet copy) and restores", async () => {
+    const month = "2024-04-01";
+    await db.pool.query(`select audit.create_partition($1::date)`, [month]);
+    expect(await archiveMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 0, status: "archived" });
+    expect(existsSync(archivePaths(dir, "2024-04").parquet)).toBe(true);
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true });
+    expect(await restoreMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 0 });
+  });
+
   test("restore refuses a month whose partition already holds rows", async () => {
     const month = "2024-03-01";
     await fillMonth(month, 10);

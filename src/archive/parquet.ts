@@ -74,8 +74,8 @@ export async function exportParquet(
     const rows = await withDuckDb(async (duck) => {
       const types = columns.map((c) => `${sqlString(c.name)}: ${sqlString(c.type)}`).join(", ");
       await duck.run(
-        `copy (select * from read_csv(${sqlString(csv)}, columns = {${types}}, header = false, delim = ',', quote = '"',
-                                      escape = '"', allow_quoted_nulls = false))
+        `copy (select * from read_csv(${sqlString(csv)}, columns = {${types}}, auto_detect = false, header = false, delim = ',',
+                                      quote = '"', escape = '"', new_line = '\\n', allow_quoted_nulls = false))
            to ${sqlString(parquet)} (format parquet, compression zstd, row_group_size 100000)`);
       const reader = await duck.runAndReadAll(`select count(*)::bigint as n from read_parquet(${sqlString(parquet)})`);
       return Number(reader.getRows()[0]![0]);
