@@ -14,6 +14,7 @@ import { dayDigest, sealDays, verifySeals } from "../src/seals/seals.ts";
 import { openScratchDatabase } from "./scratch.ts";
 import { insertRealisticAuditRows } from "./seed.ts";
 import { percentile, printTable } from "./stats.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 const { values: args } = parseArgs({ options: {
   rows: { type: "string", default: "1000000" },
@@ -99,12 +100,12 @@ try {
   const alone = await load.stop();
   load = startWriters();
   const sealStarted = performance.now();
-  const sealed = await sealDays(pool, { archiveDir: dir, grace: "0" });
+  const sealed = await sealDays(pool, { store: fileStore(dir), grace: "0" });
   const sealSeconds = (performance.now() - sealStarted) / 1000;
   const during = await load.stop();
 
   const verifyStarted = performance.now();
-  const report = await verifySeals(pool, { archiveDir: dir });
+  const report = await verifySeals(pool, { store: fileStore(dir) });
   const verifySeconds = (performance.now() - verifyStarted) / 1000;
   if (report.problems.length) throw new Error(`verify found problems: ${JSON.stringify(report.problems)}`);
 

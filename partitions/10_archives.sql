@@ -28,10 +28,18 @@ create table if not exists audit.archives (
   constraint archives_exported_has_manifest check (status = 'exporting' or (rows is not null and sha256 is not null and file_name is not null))
 );
 
+-- Added with archives in object storage and Parquet copies (migrations replay this file: idempotent).
+alter table audit.archives add column if not exists location text;
+alter table audit.archives add column if not exists parquet_file text;
+alter table audit.archives add column if not exists parquet_sha256 text;
+alter table audit.archives add column if not exists parquet_bytes bigint;
+
 comment on table audit.archives is 'One row per archived (or restored) month of the audit trail: the state of its archive and its manifest';
 comment on column audit.archives.status is 'exporting → exported → verified → detached → archived; restored once brought back';
 comment on column audit.archives.sha256 is 'SHA-256 of the compressed archive file';
 comment on column audit.archives.rows is 'Audit rows in the month (and in the file)';
+comment on column audit.archives.location is 'The archive store the month was written to (AUDIT_ARCHIVE_URL at export time)';
+comment on column audit.archives.parquet_sha256 is 'SHA-256 of the month''s Parquet copy (parquet/month=YYYY-MM/…), when one was written';
 
 grant select on audit.archives to cartop_auditor;
 

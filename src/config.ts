@@ -1,6 +1,7 @@
 // Configuration comes from the environment only (and an optional .env file); see .env.example.
 import { existsSync } from "node:fs";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 
 export interface Config {
@@ -23,6 +24,12 @@ export interface Config {
   premakeMonths: number;
   retentionMonths: number;
   archiveDir: string;
+  /** Where archives and seal copies go: file:///abs/path or s3://bucket/prefix (AUDIT_ARCHIVE_URL; unset: file:// + archiveDir). */
+  archiveUrl: string;
+  /** S3-compatible endpoint and addressing; credentials come from the AWS SDK's usual chain. */
+  s3: { endpoint: string | undefined; region: string | undefined; forcePathStyle: boolean };
+  /** Also write each archived month as Parquet (queryable in place); AUDIT_ARCHIVE_PARQUET=0 turns it off. */
+  archiveParquet: boolean;
   logLevel: string;
   /** json or pretty; unset: pretty on a terminal, JSON otherwise. */
   logFormat: (typeof LOG_FORMATS)[number] | undefined;
@@ -88,6 +95,29 @@ function logFormat(raw: string | undefined): (typeof LOG_FORMATS)[number] | unde
   return value as (typeof LOG_FORMATS)[number];
 }
 
+/** AUDIT_ARCHIVE_URL: file:///absolute/path or s3://bucket[/prefix]; unset, the archive directory. */
+function archiveUrl(raw: string | undefined, archiveDir: string): string {
+  const value = (raw ?? "").trim();
+  if (!value) return pathToFileURL(archiveDir).href;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${raw}"`);
+  }
+  if (url.protocol === "file:" && !url.host && url.pathname.startsWith("/")) return url.href;
+  if (url.protocol === "s3:" && url.hostname && !url.search && !url.username) return value.replace(/\/+$/, "");
+  throw new Error(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${raw}"`);
+}
+
+function flag(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const value = (env[name] ?? "").trim().toLowerCase();
+  if (value === "") return fallback;
+  if (["1", "true", "yes", "on"].includes(value)) return true;
+  if (["0", "false", "no", "off"].includes(value)) return false;
+  throw new Error(`${name} must be 1 or 0, got "${env[name]}"`);
+}
+
 /** Loads `.env` from the working directory (if present) into process.env, without overriding. */
 export function loadDotEnv(cwd = process.cwd()): void {
   const file = path.join(cwd, ".env");
@@ -95,6 +125,7 @@ export function loadDotEnv(cwd = process.cwd()): void {
 }
 
 export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const archiveDir = path.resolve(env.AUDIT_ARCHIVE_DIR || "./data/archive");
   return {
     databaseUrl: env.DATABASE_URL || undefined,
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
@@ -107,7 +138,14 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimitPerMinute: integer(env, "RATE_LIMIT_PER_MINUTE", 300, 1),
     premakeMonths: integer(env, "AUDIT_PREMAKE_MONTHS", 3),
     retentionMonths: integer(env, "AUDIT_RETENTION_MONTHS", 12, 1),
-    archiveDir: path.resolve(env.AUDIT_ARCHIVE_DIR || "./data/archive"),
+    archiveDir,
+    archiveUrl: archiveUrl(env.AUDIT_ARCHIVE_URL, archiveDir),
+    s3: {
+      endpoint: env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined,
+      region: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
+      forcePathStyle: flag(env, "AUDIT_S3_FORCE_PATH_STYLE", false),
+    },
+    archiveParquet: flag(env, "AUDIT_ARCHIVE_PARQUET", true),
     logLevel: logLevel(env.LOG_LEVEL),
     logFormat: logFormat(env.LOG_FORMAT),
     embeddedDataDir: path.resolve(env.EMBEDDED_PG_DIR || ".data/postgres"),

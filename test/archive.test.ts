@@ -9,6 +9,7 @@ import pg from "pg";
 import { archiveMonth, restoreMonth, verifyArchive, type ArchiveStep } from "../src/archive/archive.ts";
 import { archivePaths, readManifest } from "../src/archive/files.ts";
 import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -68,13 +69,13 @@ describe("archive and restore", () => {
     const before = await digestOfMonth(month);
     expect(before.rows).toBe(5000);
 
-    const result = await archiveMonth(db.pool, month, { dir });
+    const result = await archiveMonth(db.pool, month, { store: fileStore(dir) });
     expect(result).toMatchObject({ month: "2024-01", rows: 5000, status: "archived" });
     expect(await partitionExists(month)).toBe(false);
     expect((await digestOfMonth(month)).rows).toBe(0);
 
     const paths = archivePaths(dir, "2024-01");
-    const manifest = await readManifest(paths.manifest);
+    const manifest = await readManifest(fileStore(dir), path.basename(paths.manifest));
     const fileHash = createHash("sha256").update(await readFile(paths.data)).digest("hex");
     expect(manifest).toMatchObject({
       month: "2024-01", partition: "audit.log_2024_01", rows: 5000, sha256: fileHash, schemaVersion: 1,
@@ -82,9 +83,9 @@ describe("archive and restore", () => {
     });
     const { rows: [recorded] } = await db.pool.query(`select status, rows, sha256 from audit.archives where month = $1`, [month]);
     expect(recorded).toEqual({ status: "archived", rows: "5000", sha256: fileHash });
-    expect(await verifyArchive(db.pool, month, { dir })).toMatchObject({ ok: true, problem: null });
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true, problem: null });
 
-    expect(await restoreMonth(db.pool, month, { dir })).toEqual({ month: "2024-01", rows: 5000, partition: "audit.log_2024_01" });
+    expect(await restoreMonth(db.pool, month, { store: fileStore(dir) })).toEqual({ month: "2024-01", rows: 5000, partition: "audit.log_2024_01" });
     expect(await digestOfMonth(month)).toEqual(before);
     const { rows } = await db.pool.query(`select count(*)::int as n from audit.log where created_at >= '2024-01-01' and created_at < '2024-02-01'`);
     expect(rows[0].n).toBe(5000);
@@ -93,39 +94,48 @@ describe("archive and restore", () => {
     await expect(db.pool.query(`delete from audit.log_2024_01`)).rejects.toThrow(/append-only/);
 
     // A restored month can be archived again.
-    expect(await archiveMonth(db.pool, month, { dir })).toMatchObject({ rows: 5000, status: "archived", sha256: fileHash });
+    expect(await archiveMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 5000, status: "archived", sha256: fileHash });
   });
 
   test("a truncated or altered file is refused by restore and verify, and nothing changes", async () => {
     const month = "2024-02-01";
     await fillMonth(month, 2000);
-    await archiveMonth(db.pool, month, { dir });
+    await archiveMonth(db.pool, month, { store: fileStore(dir) });
     const paths = archivePaths(dir, "2024-02");
     const original = await readFile(paths.data);
 
     await truncate(paths.data, original.length - 100);
-    const truncated = await errorOf(restoreMonth(db.pool, month, { dir }));
+    const truncated = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
     expect(truncated.message).toMatch(/^refusing to restore 2024-02: checksum mismatch: .* Nothing was changed\.$/);
-    expect(await verifyArchive(db.pool, month, { dir })).toMatchObject({ ok: false, problem: expect.stringMatching(/^checksum mismatch/) });
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: false, problem: expect.stringMatching(/^checksum mismatch/) });
 
     const altered = Buffer.from(original);
     altered[altered.length >> 1] = altered[altered.length >> 1]! ^ 0xff;
     await writeFile(paths.data, altered);
-    expect((await errorOf(restoreMonth(db.pool, month, { dir }))).message).toMatch(/checksum mismatch/);
-    expect(await verifyArchive(db.pool, month, { dir })).toMatchObject({ ok: false });
+    expect((await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }))).message).toMatch(/checksum mismatch/);
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: false });
 
     expect(await partitionExists(month)).toBe(false);
     expect(await archiveStatus(month)).toBe("archived");
     await writeFile(paths.data, original);
-    expect(await verifyArchive(db.pool, month, { dir })).toMatchObject({ ok: true });
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true });
+  });
+
+  test("an empty month archives (with an empty Parquet copy) and restores", async () => {
+    const month = "2024-04-01";
+    await db.pool.query(`select audit.create_partition($1::date)`, [month]);
+    expect(await archiveMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 0, status: "archived" });
+    expect(existsSync(archivePaths(dir, "2024-04").parquet)).toBe(true);
+    expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true });
+    expect(await restoreMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 0 });
   });
 
   test("restore refuses a month whose partition already holds rows", async () => {
     const month = "2024-03-01";
     await fillMonth(month, 10);
-    await archiveMonth(db.pool, month, { dir });
-    await restoreMonth(db.pool, month, { dir });
-    const error = await errorOf(restoreMonth(db.pool, month, { dir }));
+    await archiveMonth(db.pool, month, { store: fileStore(dir) });
+    await restoreMonth(db.pool, month, { store: fileStore(dir) });
+    const error = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
     expect(error.message).toBe("refusing to restore 2024-03: audit.log_2024_03 already holds 10 rows. Nothing was changed.");
     expect((await digestOfMonth(month)).rows).toBe(10);
   });
@@ -138,19 +148,19 @@ describe("crash at each step, then run again", () => {
     await fillMonth(month, 3000);
     const before = await digestOfMonth(month);
     const crash = await errorOf(archiveMonth(db.pool, month, {
-      dir, afterStep: (done) => { if (done === step) throw new Error(`simulated crash after ${step}`); },
+      store: fileStore(dir), afterStep: (done) => { if (done === step) throw new Error(`simulated crash after ${step}`); },
     }));
     expect(crash.message).toBe(`simulated crash after ${step}`);
     expect(await archiveStatus(month)).toBe(step);
 
-    const result = await archiveMonth(db.pool, month, { dir });
+    const result = await archiveMonth(db.pool, month, { store: fileStore(dir) });
     expect(result).toMatchObject({ rows: 3000, status: "archived" });
     expect(await partitionExists(month)).toBe(false);
     const label = month.slice(0, 7);
     expect((await readdir(dir)).filter((f) => f.includes(label)).sort()).toEqual(
       [`audit-${label}.copy.gz`, `audit-${label}.manifest.json`]);
 
-    await restoreMonth(db.pool, month, { dir });
+    await restoreMonth(db.pool, month, { store: fileStore(dir) });
     expect(await digestOfMonth(month)).toEqual(before);
   });
 
@@ -159,15 +169,15 @@ describe("crash at each step, then run again", () => {
     await fillMonth(month, 20000);
     const before = await digestOfMonth(month);
     const crash = await errorOf(archiveMonth(db.pool, month, {
-      dir, onRows: (rows) => { if (rows > 5000) throw new Error("simulated crash during export"); },
+      store: fileStore(dir), onRows: (rows) => { if (rows > 5000) throw new Error("simulated crash during export"); },
     }));
     expect(crash.message).toBe("simulated crash during export");
     expect(await archiveStatus(month)).toBe("exporting");
     expect(await partitionExists(month)).toBe(true);
 
-    await archiveMonth(db.pool, month, { dir });
+    await archiveMonth(db.pool, month, { store: fileStore(dir) });
     expect(existsSync(archivePaths(dir, "2023-06").partial)).toBe(false);
-    await restoreMonth(db.pool, month, { dir });
+    await restoreMonth(db.pool, month, { store: fileStore(dir) });
     expect(await digestOfMonth(month)).toEqual(before);
   });
 
@@ -175,17 +185,17 @@ describe("crash at each step, then run again", () => {
     const month = "2023-07-01";
     await fillMonth(month, 100);
     await errorOf(archiveMonth(db.pool, month, {
-      dir, afterStep: async (done) => {
+      store: fileStore(dir), afterStep: async (done) => {
         if (done !== "verified") return;
         await db.pool.query(`insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
                              values ('2023-07-15', 1, 1, 'I', 'late', '{}', 'owner')`);
         throw new Error("stop after verify");
       },
     }));
-    const error = await errorOf(archiveMonth(db.pool, month, { dir }));
+    const error = await errorOf(archiveMonth(db.pool, month, { store: fileStore(dir) }));
     expect(error.message).toBe("audit: partition audit.log_2023_07 holds 101 rows but its archive has 100; export it again");
     expect(await archiveStatus(month)).toBe("exporting");
-    expect(await archiveMonth(db.pool, month, { dir })).toMatchObject({ rows: 101, status: "archived" });
+    expect(await archiveMonth(db.pool, month, { store: fileStore(dir) })).toMatchObject({ rows: 101, status: "archived" });
   });
 });
 
@@ -208,7 +218,7 @@ test("archiving while another connection keeps writing: no failed write, no lost
     }
   })();
   try {
-    await archiveMonth(db.pool, month, { dir, lockTimeoutMs: 200 });
+    await archiveMonth(db.pool, month, { store: fileStore(dir), lockTimeoutMs: 200 });
   } finally {
     archiving = false;
     await writing;

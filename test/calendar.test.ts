@@ -11,6 +11,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
 import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
+import { fileStore } from "../src/archive/store.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embedded.ts";
 import { runMigrations } from "../src/db/migrate.ts";
 import { projectRoot } from "../src/db/sourceSql.ts";
@@ -91,7 +92,7 @@ withMovedClock("a month that ends while a transaction is open (server clock at 2
       create table public.ledger (id int primary key, amount numeric not null);
       select audit.enable_tracking('public.ledger');
       insert into public.ledger values (1, 10), (2, 20);`);
-    await sealDays(pool, { archiveDir, grace: "1 hour" });
+    await sealDays(pool, { store: fileStore(archiveDir), grace: "1 hour" });
     await stop();
   });
   afterAll(async () => {
@@ -145,9 +146,9 @@ withMovedClock("a month that ends while a transaction is open (server clock at 2
     expect(JSON.parse(doctor.stdout)).toEqual([]);
 
     // January 31 sealed with the late transaction's rows; the chain verifies.
-    const sealed = await sealDays(pool, { archiveDir, grace: "0" });
+    const sealed = await sealDays(pool, { store: fileStore(archiveDir), grace: "0" });
     expect(sealed.map((s) => [s.day, s.rows])).toEqual([["2027-01-31", 4]]);
-    expect((await verifySeals(pool, { archiveDir })).problems).toEqual([]);
+    expect((await verifySeals(pool, { store: fileStore(archiveDir) })).problems).toEqual([]);
 
     // Summarised: the finished day counts both January transactions.
     await pool.query(`select audit.summarize_activity()`);
@@ -162,8 +163,8 @@ withMovedClock("a month that ends while a transaction is open (server clock at 2
     const digest = () => one<{ md5: string }>(`select md5(string_agg(e::text, ',' order by id)) as md5 from audit_private.log_entries e
                                                   where created_at >= '2027-01-01' and created_at < '2027-02-01'`);
     const before = await digest();
-    expect(await archiveMonth(pool, "2027-01-01", { dir: archiveDir })).toMatchObject({ month: "2027-01", rows: 4, status: "archived" });
-    expect(await restoreMonth(pool, "2027-01-01", { dir: archiveDir })).toMatchObject({ rows: 4 });
+    expect(await archiveMonth(pool, "2027-01-01", { store: fileStore(archiveDir) })).toMatchObject({ month: "2027-01", rows: 4, status: "archived" });
+    expect(await restoreMonth(pool, "2027-01-01", { store: fileStore(archiveDir) })).toMatchObject({ rows: 4 });
     expect(await digest()).toEqual(before);
   });
 

@@ -11,6 +11,7 @@ import { projectRoot } from "../src/db/sourceSql.ts";
 import { COVERAGE_CHECKS } from "../src/metrics.ts";
 import { sealDays } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 const exec = promisify(execFile);
 let db: TestDatabase;
@@ -46,7 +47,7 @@ test("finished days left unsealed are reported until they are sealed; then the d
   expect(await doctor()).toEqual({ code: 1, problems: [
     { check_name: "seal_overdue", object: "audit.seals", problem: `finished days since ${first} are not sealed` },
   ] });
-  await sealDays(db.pool, { archiveDir: dir, grace: "0" });
+  await sealDays(db.pool, { store: fileStore(dir), grace: "0" });
   expect(await doctor()).toEqual({ code: 0, problems: [] });
 });
 
@@ -172,7 +173,7 @@ test("an archive file that no longer matches its manifest is reported", async ()
   await db.pool.query(`select audit.create_partition('2020-02-01');
     insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user)
     select '2020-02-03', 1, 1, 'I', g::text, '{}', 'test' from generate_series(1, 50) g`);
-  await archiveMonth(db.pool, "2020-02-01", { dir });
+  await archiveMonth(db.pool, "2020-02-01", { store: fileStore(dir) });
   expect((await doctor()).code).toBe(0);
   await writeFile(archivePaths(dir, "2020-02").data, "tampered");
   const found = await doctor();

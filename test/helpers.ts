@@ -103,3 +103,9 @@ export async function errorOf(promise: Promise<unknown>): Promise<Error & { code
   }
   throw new Error("expected the statement to fail, but it succeeded");
 }
+
+/** First day (YYYY-MM-DD) of the month `back` months before the current UTC month: tests never depend on today's date. */
+export function monthsAgo(back: number): string {
+  const now = new Date();
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - back, 1)).toISOString().slice(0, 10);
+}

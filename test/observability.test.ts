@@ -15,6 +15,7 @@ import { createLogger } from "../src/log.ts";
 import { createMetrics } from "../src/metrics.ts";
 import { makeTasks } from "../src/worker/tasks.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 const SECRET = "observability-secret-0123456789-abcdef";
 const METRICS_TOKEN = "scrape-token-42";
@@ -62,7 +63,7 @@ async function runTask(task: string, archiveDir = dir): Promise<void> {
   await quickAddJob({ pgPool: db.pool }, task, {}, { maxAttempts: 3 });
   await runOnce({
     pgPool: db.pool,
-    taskList: makeTasks(db.pool, { premakeMonths: 1, retentionMonths: 12, archiveDir }),
+    taskList: makeTasks(db.pool, { premakeMonths: 1, retentionMonths: 12, store: fileStore(archiveDir) }),
     logger: new WorkerLogger(() => () => {}),
   });
 }

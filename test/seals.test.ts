@@ -9,6 +9,7 @@ import { promisify } from "node:util";
 import { projectRoot } from "../src/db/sourceSql.ts";
 import { dayDigest, sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 const exec = promisify(execFile);
 let db: TestDatabase;
@@ -39,7 +40,7 @@ afterAll(async () => {
 });
 
 async function verify() {
-  return verifySeals(db.pool, { archiveDir: dir });
+  return verifySeals(db.pool, { store: fileStore(dir) });
 }
 
 /** Runs SQL as a superuser who switched the append-only guards off (session_replication_role = replica). */
@@ -68,7 +69,7 @@ test("sealable days run from the oldest partition to yesterday, and a grace peri
 });
 
 test("sealing writes one chained seal per finished day, copies it to the archive directory, and verifies clean", async () => {
-  const sealed = await sealDays(db.pool, { archiveDir: dir, grace: "0" });
+  const sealed = await sealDays(db.pool, { store: fileStore(dir), grace: "0" });
   expect(sealed[0]!.day).toBe(`${d1.slice(0, 7)}-01`);
   expect(sealed.at(-1)!.day).toBe(yesterday);
   const byDay = new Map(sealed.map((s) => [s.day, s]));
@@ -83,7 +84,7 @@ test("sealing writes one chained seal per finished day, copies it to the archive
   expect(copy).toContain(`"seal_digest":"${byDay.get(d4)!.seal_digest}"`);
 
   // Nothing more to seal; today stays unsealed.
-  expect(await sealDays(db.pool, { archiveDir: dir, grace: "0" })).toEqual([]);
+  expect(await sealDays(db.pool, { store: fileStore(dir), grace: "0" })).toEqual([]);
   const report = await verify();
   expect(report).toMatchObject({ problems: [], firstBadDay: null, sealedDays: sealed.length, checkedDays: sealed.length });
 });
@@ -109,12 +110,12 @@ test("a time budget stops a run after the day it is on, and the next run goes on
   try {
     // At least six finished days to seal, whatever day of the month the test runs on.
     await fresh.pool.query(`select audit.create_partition(date_trunc('month', $1::date)::date)`, [d1]);
-    const first = await sealDays(fresh.pool, { archiveDir: freshDir, grace: "0", stopAfterSeconds: 0 });
+    const first = await sealDays(fresh.pool, { store: fileStore(freshDir), grace: "0", stopAfterSeconds: 0 });
     expect(first).toHaveLength(1);
-    const rest = await sealDays(fresh.pool, { archiveDir: freshDir, grace: "0" });
+    const rest = await sealDays(fresh.pool, { store: fileStore(freshDir), grace: "0" });
     expect(rest[0]!.previous_digest).toBe(first[0]!.seal_digest);
     expect(rest.at(-1)!.day).toBe(yesterday);
-    expect((await verifySeals(fresh.pool, { archiveDir: freshDir })).problems).toEqual([]);
+    expect((await verifySeals(fresh.pool, { store: fileStore(freshDir) })).problems).toEqual([]);
   } finally {
     await fresh.drop();
     await rm(freshDir, { recursive: true, force: true });
@@ -206,8 +207,8 @@ test("rewriting or deleting seals is caught too: by the chain and by the copy in
 test("verify pointed at an archive directory without the copies says so once", async () => {
   const elsewhere = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-elsewhere-"));
   try {
-    const report = await verifySeals(db.pool, { archiveDir: elsewhere });
-    expect(report.problems).toEqual([{ day: `${d1.slice(0, 7)}-01`, problem: `no seal copies in ${path.join(elsewhere, "seals")} (is AUDIT_ARCHIVE_DIR right?)` }]);
+    const report = await verifySeals(db.pool, { store: fileStore(elsewhere) });
+    expect(report.problems).toEqual([{ day: `${d1.slice(0, 7)}-01`, problem: `no seal copies in ${path.join(elsewhere, "seals")} (is AUDIT_ARCHIVE_URL or AUDIT_ARCHIVE_DIR right?)` }]);
   } finally {
     await rm(elsewhere, { recursive: true, force: true });
   }

@@ -11,6 +11,7 @@ import { readConfig } from "../src/config.ts";
 import { crontab, makeTasks } from "../src/worker/tasks.ts";
 import { startWorker } from "../src/worker/worker.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
+import { fileStore } from "../src/archive/store.ts";
 
 let db: TestDatabase;
 let dir: string;
@@ -24,7 +25,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const config = () => ({ premakeMonths: 4, retentionMonths: 12, archiveDir: dir });
+const config = () => ({ premakeMonths: 4, retentionMonths: 12, store: fileStore(dir) });
 
 /** Queues one job and lets graphile-worker run it (and anything else due) once. */
 async function runJob(task: string): Promise<void> {
@@ -85,17 +86,17 @@ test("audit__archive_partitions archives every month older than the retention, a
   expect(counted.n).toBe(100);
   expect((await db.pool.query(`select present from audit_private.partition_state($1::date)`, [recent])).rows[0].present).toBe(true);
   // The month left sealed: its days are in audit.seals and in the copy beside the archive.
-  expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`, "seals"]);
+  expect((await readdir(dir)).sort()).toEqual([`audit-${old.slice(0, 7)}.copy.gz`, `audit-${old.slice(0, 7)}.manifest.json`, "parquet", "seals"]);
   const { rows: [seals] } = await db.pool.query(
     `select count(*)::int as days, sum(rows)::int as rows from audit.seals where date_trunc('month', day) = $1::date`, [old]);
   const daysInMonth = new Date(Date.UTC(Number(old.slice(0, 4)), Number(old.slice(5, 7)), 0)).getUTCDate();
   expect(seals).toEqual({ days: daysInMonth, rows: 100 });
   // Verify still passes with the month gone: its days are skipped (the archive file is checked separately).
-  const report = await verifySeals(db.pool, { archiveDir: dir });
+  const report = await verifySeals(db.pool, { store: fileStore(dir) });
   expect(report).toMatchObject({ problems: [], archivedDays: daysInMonth });
   // Restored, the month is recomputed and still matches its seals: restore brings back the same rows.
-  await restoreMonth(db.pool, old, { dir });
-  expect(await verifySeals(db.pool, { archiveDir: dir })).toMatchObject({ problems: [], archivedDays: 0 });
+  await restoreMonth(db.pool, old, { store: fileStore(dir) });
+  expect(await verifySeals(db.pool, { store: fileStore(dir) })).toMatchObject({ problems: [], archivedDays: 0 });
 });
 
 test("a failed run whose failure cannot be recorded still fails with its own error", async () => {
@@ -104,7 +105,7 @@ test("a failed run whose failure cannot be recorded still fails with its own err
   await db.pool.query(`alter table audit.task_runs rename to task_runs_away`);
   try {
     await quickAddJob({ pgPool: db.pool }, "audit__seal_days", {}, { jobKey: "unrecordable" });
-    await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, { ...config(), archiveDir: notADirectory }), logger: new Logger(() => () => {}) });
+    await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, { ...config(), store: fileStore(notADirectory) }), logger: new Logger(() => () => {}) });
     const { rows } = await db.pool.query(`select last_error from graphile_worker._private_jobs where key = 'unrecordable'`);
     // Not 'relation "audit.task_runs" does not exist': the failure to record it does not replace it.
     expect(rows).toEqual([{ last_error: `ENOTDIR: not a directory, scandir '${path.join(notADirectory, "seals")}'` }]);

@@ -1,22 +1,27 @@
 // Archiving a month: export (streamed COPY, gzip) + manifest → verify → detach → drop, each step recorded
 // in audit.archives before the next, so a run killed anywhere resumes without duplicates or loss.
-// Restoring: verify the file against its manifest first, then COPY it back into a fresh partition.
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, stat } from "node:fs/promises";
-import path from "node:path";
+// Restoring: check the file against the database's record of the month (audit.archives) first, then COPY
+// it back into a fresh partition and check the rows against the month's seals before committing.
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type pg from "pg";
 import { from as copyFrom, to as copyTo } from "pg-copy-streams";
+import { monthSealProblems } from "../seals/seals.ts";
+import { ARCHIVE_ERRORS, ArchiveError } from "./errors.ts";
 import {
-  ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION, archivePaths, fsyncFile, hasher, inspectArchiveFile, mismatch,
-  monthLabel, readManifest, rowCounter, writeFileAtomically, type Manifest,
+  ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION, archiveNames, checksumOf, hasher, inspectArchive, mismatch,
+  monthLabel, readManifest, rowCounter, type FileCheck, type Manifest,
 } from "./files.ts";
+import { exportParquet } from "./parquet.ts";
+import { putThrough, type ArchiveStore } from "./store.ts";
 
 export type ArchiveStep = "exported" | "verified" | "detached" | "archived";
 
 export interface ArchiveOptions {
-  dir: string;
+  /** Where the files go and are read back from (openArchiveStore: AUDIT_ARCHIVE_URL). */
+  store: ArchiveStore;
+  /** Also write the month as Parquet (default true; AUDIT_ARCHIVE_PARQUET). */
+  parquet?: boolean;
   /** Rows written so far in the current step (export, verify, restore), for progress bars. */
   onRows?: (rows: number, total: number) => void;
   /** Called after each recorded step; tests throw here to simulate a crash. */
@@ -41,10 +46,10 @@ interface ArchiveRow {
   status: string;
   rows: string | null;
   sha256: string | null;
+  bytes: string | null;
   file_name: string | null;
+  parquet_sha256: string | null;
 }
-
-const columnList = ARCHIVE_COLUMNS.join(", ");
 
 async function record(pool: pg.Pool, month: string, fields: Record<string, unknown>): Promise<void> {
   const names = Object.keys(fields);
@@ -57,14 +62,30 @@ async function partitionName(pool: pg.Pool, month: string): Promise<string> {
   return rows[0]!.name;
 }
 
+/** Columns in archive order, quoted: the only column list export's and restore's COPY ever use. */
+const quotedColumns = (client: pg.PoolClient) => ARCHIVE_COLUMNS.map((c) => client.escapeIdentifier(c)).join(", ");
+
+/** Refuses to export when the storage table's columns are not the archive format's (a restore would lose one). */
+async function checkColumns(client: pg.PoolClient): Promise<void> {
+  const { rows } = await client.query<{ names: string[] }>(
+    `select array_agg(attname::text order by attnum) as names from pg_attribute
+      where attrelid = 'audit_private.log_entries'::regclass and attnum > 0 and not attisdropped`);
+  const names = rows[0]!.names;
+  if (names.join(",") !== ARCHIVE_COLUMNS.join(",")) {
+    throw new ArchiveError(`archive: audit_private.log_entries has columns ${names.join(", ")}, archive format ${ARCHIVE_SCHEMA_VERSION} ` +
+      `has ${ARCHIVE_COLUMNS.join(", ")}`, ARCHIVE_ERRORS.wrongState, "update ARCHIVE_COLUMNS and bump ARCHIVE_SCHEMA_VERSION");
+  }
+}
+
 /** Step 1: stream the month out in one snapshot, compressed, hashed and counted on the way. */
 async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions): Promise<Manifest> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   const partition = await partitionName(pool, month);
   const client = await pool.connect();
   try {
     await client.query("begin isolation level repeatable read read only");
+    await checkColumns(client);
     const { rows: [stats] } = await client.query(
       `select count(*)::bigint as rows, min(created_at) as first, max(created_at) as last from audit.${client.escapeIdentifier(partition)}`,
     );
@@ -72,23 +93,34 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
       `select t.id, format('%s.%s', t.schema_name, t.table_name) as name from audit_private.tables t
         where t.id in (select distinct table_id from audit.${client.escapeIdentifier(partition)})`,
     );
+    // A month (a restored one above all) leaves the database only as it was sealed.
+    const unsealed = await monthSealProblems(client, month);
+    if (unsealed.length) {
+      throw new ArchiveError(
+        `refusing to archive ${label}: its rows do not match their seals (${unsealed.map((p) => `${p.day}: ${p.problem}`).join("; ")})`,
+        ARCHIVE_ERRORS.corrupted, "run `cartop-audit verify`; the month stays in the database until this is resolved");
+    }
     const total = Number(stats.rows);
     const counter = rowCounter((rows) => options.onRows?.(rows, total));
     const hash = hasher();
     const copy = client.query(copyTo(
-      `copy (select ${columnList} from audit.${client.escapeIdentifier(partition)} order by id) to stdout`,
+      `copy (select ${quotedColumns(client)} from audit.${client.escapeIdentifier(partition)} order by id) to stdout`,
     ));
-    await pipeline(copy, counter, createGzip(), hash, createWriteStream(paths.partial));
-    await client.query("commit");
+    await putThrough(options.store, names.data, copy, counter, createGzip(), hash);
     if (counter.rows !== total) {
       throw new Error(`export of ${label} wrote ${counter.rows} rows but the partition holds ${total}`);
     }
-    await fsyncFile(paths.partial);
-    await rename(paths.partial, paths.data);
+    let parquet: Manifest["parquet"] = null;
+    if (options.parquet !== false) {
+      const written = await exportParquet(client, month, options.store, names.parquet);
+      if (written.rows !== total) throw new Error(`export of ${label} wrote ${written.rows} rows as Parquet but the partition holds ${total}`);
+      parquet = { file: names.parquet, sha256: written.sha256, bytes: written.bytes };
+    }
+    await client.query("commit");
     const manifest: Manifest = {
       month: label,
       partition: `audit.${partition}`,
-      file: path.basename(paths.data),
+      file: names.data,
       rows: total,
       firstCreatedAt: stats.first ? new Date(stats.first).toISOString() : null,
       lastCreatedAt: stats.last ? new Date(stats.last).toISOString() : null,
@@ -98,8 +130,9 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
       columns: [...ARCHIVE_COLUMNS],
       tables: Object.fromEntries(tables.map((t) => [String(t.id), t.name])),
       exportedAt: new Date().toISOString(),
+      parquet,
     };
-    await writeFileAtomically(paths.manifest, `${JSON.stringify(manifest, null, 2)}\n`);
+    await options.store.put(names.manifest, `${JSON.stringify(manifest, null, 2)}\n`);
     client.release();
     return manifest;
   } catch (error) {
@@ -111,9 +144,8 @@ async function exportMonth(pool: pg.Pool, month: string, options: ArchiveOptions
 
 /** Archives one month (first day as YYYY-MM-DD), resuming from whatever step was last recorded. */
 export async function archiveMonth(pool: pg.Pool, month: string, options: ArchiveOptions): Promise<ArchiveResult> {
-  await mkdir(options.dir, { recursive: true });
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   await pool.query(
     `insert into audit.archives (month, partition_name) values ($1, audit_private.partition_name($1::date))
      on conflict (month) do update set status = 'exporting', last_error = null, started_at = now()
@@ -128,17 +160,21 @@ export async function archiveMonth(pool: pg.Pool, month: string, options: Archiv
       const manifest = await exportMonth(pool, month, options);
       await record(pool, month, {
         status: "exported", rows: manifest.rows, sha256: manifest.sha256, bytes: manifest.bytes,
-        file_name: manifest.file, manifest_name: path.basename(paths.manifest),
+        file_name: manifest.file, manifest_name: names.manifest,
         first_created_at: manifest.firstCreatedAt, last_created_at: manifest.lastCreatedAt,
-        schema_version: manifest.schemaVersion,
+        schema_version: manifest.schemaVersion, location: options.store.url,
+        parquet_file: manifest.parquet?.file ?? null, parquet_sha256: manifest.parquet?.sha256 ?? null,
+        parquet_bytes: manifest.parquet?.bytes ?? null,
       });
       await options.afterStep?.("exported");
       row = await current();
     }
     if (row.status === "exported") {
-      const manifest = await readManifest(paths.manifest);
-      const check = await inspectArchiveFile(paths.data, (rows) => options.onRows?.(rows, manifest.rows));
-      const problem = mismatch(manifest, check) ?? (manifest.sha256 !== row.sha256 ? "the manifest file and audit.archives disagree" : null);
+      // Read back from the store, not from memory: the month is dropped only once what the store holds verifies.
+      const manifest = await readManifest(options.store, names.manifest);
+      const check = await inspectArchive(options.store, names.data, (rows) => options.onRows?.(rows, manifest.rows));
+      const problem = mismatch(manifest, check) ?? (manifest.sha256 !== row.sha256 ? "the manifest file and audit.archives disagree" : null) ??
+        (await parquetProblem(options.store, label, row.parquet_sha256));
       if (problem) {
         // Nothing was detached yet: export again from the still-attached partition.
         await record(pool, month, { status: "exporting", last_error: `verify: ${problem}` });
@@ -165,8 +201,8 @@ export async function archiveMonth(pool: pg.Pool, month: string, options: Archiv
     throw error;
   }
   return {
-    month: label, rows: Number(row.rows), sha256: row.sha256 ?? "", bytes: (await stat(paths.data)).size,
-    file: paths.data, status: row.status,
+    month: label, rows: Number(row.rows), sha256: row.sha256 ?? "", bytes: Number(row.bytes),
+    file: options.store.locate(names.data), status: row.status,
   };
 }
 
@@ -207,23 +243,79 @@ export interface VerifyResult {
   problem: string | null;
 }
 
-/** Re-checks one archive file against its manifest (and audit.archives, when it has the month). */
-export async function verifyArchive(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "dir" | "onRows">): Promise<VerifyResult> {
+/** What the database recorded when it archived a month: the reference every file is checked against. */
+interface ArchiveRecord {
+  status: string;
+  rows: number;
+  sha256: string;
+  firstCreatedAt: string | null;
+  lastCreatedAt: string | null;
+  parquetSha256: string | null;
+}
+
+async function archiveRecord(db: pg.Pool | pg.PoolClient, month: string): Promise<ArchiveRecord | null> {
+  const { rows } = await db.query(
+    `select status, rows, sha256, first_created_at, last_created_at, parquet_sha256 from audit.archives
+      where month = $1 and status <> 'exporting'`, [month]);
+  const row = rows[0];
+  if (!row) return null;
+  const iso = (t: Date | null) => (t ? t.toISOString() : null);
+  return { status: row.status, rows: Number(row.rows), sha256: row.sha256, firstCreatedAt: iso(row.first_created_at), lastCreatedAt: iso(row.last_created_at),
+    parquetSha256: row.parquet_sha256 };
+}
+
+/**
+ * Why an archive file (and its manifest) does not match the database's record of the month, or null.
+ * The manifest is only a copy for people and other tools: a file and manifest edited to agree with each
+ * other still disagree with audit.archives.
+ */
+function disagreement(record: ArchiveRecord, manifest: Manifest, check: FileCheck): string | null {
+  if (check.sha256 !== record.sha256) {
+    return `checksum mismatch: the file's SHA-256 is ${check.sha256}, audit.archives records ${record.sha256}`;
+  }
+  if (check.rows !== record.rows) return `row count mismatch: the file has ${check.rows} rows, audit.archives records ${record.rows}`;
+  const fields: [string, unknown, unknown][] = [
+    ["sha256", manifest.sha256, record.sha256], ["rows", manifest.rows, record.rows],
+    ["firstCreatedAt", manifest.firstCreatedAt, record.firstCreatedAt], ["lastCreatedAt", manifest.lastCreatedAt, record.lastCreatedAt],
+  ];
+  for (const [name, inManifest, inDatabase] of fields) {
+    if (inManifest !== inDatabase) return `the manifest's ${name} (${String(inManifest)}) differs from audit.archives (${String(inDatabase)})`;
+  }
+  return columnsProblem(manifest);
+}
+
+/** The manifest's column list must be exactly the one this version writes; it never reaches SQL either way. */
+function columnsProblem(manifest: Manifest): string | null {
+  const columns = Array.isArray(manifest.columns) ? manifest.columns : [];
+  if (columns.length === ARCHIVE_COLUMNS.length && columns.every((c, i) => c === ARCHIVE_COLUMNS[i])) return null;
+  return `the manifest lists columns ${JSON.stringify(manifest.columns)}, archive format ${ARCHIVE_SCHEMA_VERSION} has ${JSON.stringify(ARCHIVE_COLUMNS)}`;
+}
+
+/** Why the month's Parquet copy does not match its recorded checksum, or null (also when none was written). */
+async function parquetProblem(store: ArchiveStore, label: string, expected: string | null): Promise<string | null> {
+  if (!expected) return null;
+  const { sha256 } = await checksumOf(store, archiveNames(label).parquet);
+  return sha256 === expected ? null : `Parquet checksum mismatch: the file's SHA-256 is ${sha256}, audit.archives records ${expected}`;
+}
+
+/** Re-checks one month's archive files against audit.archives (the reference) and its manifest. */
+export async function verifyArchive(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "store" | "onRows">): Promise<VerifyResult> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
+  const names = archiveNames(label);
   let problem: string | null;
   try {
-    const manifest = await readManifest(paths.manifest);
-    const check = await inspectArchiveFile(paths.data, (rows) => options.onRows?.(rows, manifest.rows));
-    problem = mismatch(manifest, check);
-    const { rows } = await pool.query<{ sha256: string | null }>("select sha256 from audit.archives where month = $1", [month]);
-    if (!problem && rows[0]?.sha256 && rows[0].sha256 !== manifest.sha256) {
-      problem = `audit.archives records SHA-256 ${rows[0].sha256}, the manifest ${manifest.sha256}`;
+    const record = await archiveRecord(pool, month);
+    if (!record) {
+      problem = `audit.archives has no record of ${label}: nothing to check the file against`;
+    } else {
+      const manifest = await readManifest(options.store, names.manifest);
+      const check = await inspectArchive(options.store, names.data, (rows) => options.onRows?.(rows, record.rows));
+      problem = disagreement(record, manifest, check) ?? (await parquetProblem(options.store, label, record.parquetSha256));
     }
   } catch (error) {
     problem = (error as Error).message;
   }
-  return { month: label, file: paths.data, ok: problem === null, problem };
+  return { month: label, file: options.store.locate(names.data), ok: problem === null, problem };
 }
 
 export interface RestoreResult {
@@ -232,22 +324,36 @@ export interface RestoreResult {
   partition: string;
 }
 
-/** Brings an archived month back into audit.log. Refuses, changing nothing, if the file does not verify. */
-export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "dir" | "onRows">): Promise<RestoreResult> {
+/**
+ * Brings an archived month back into audit.log, in one transaction. Refuses, changing nothing, unless the
+ * file matches audit.archives' record of the month (checksum, rows, first/last time) and the restored rows
+ * match every seal of the month's days; the manifest only has to agree with both.
+ */
+export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<ArchiveOptions, "store" | "onRows">): Promise<RestoreResult> {
   const label = monthLabel(month);
-  const paths = archivePaths(options.dir, label);
-  const manifest = await readManifest(paths.manifest);
-  const check = await inspectArchiveFile(paths.data);
-  const problem = mismatch(manifest, check);
-  if (problem) throw new Error(`refusing to restore ${label}: ${problem}. Nothing was changed.`);
+  const names = archiveNames(label);
+  const refuse = (why: string, code: string, hint?: string) =>
+    new ArchiveError(`refusing to restore ${label}: ${why}. Nothing was changed.`, code, hint);
+
+  const record = await archiveRecord(pool, month);
+  if (!record) {
+    throw refuse("audit.archives has no record of it, so there is nothing to check the file against", ARCHIVE_ERRORS.wrongState,
+      "restore into the database that archived the month (its audit.archives row is the reference)");
+  }
+  const manifest = await readManifest(options.store, names.manifest);
+  const check = await inspectArchive(options.store, names.data);
+  const problem = disagreement(record, manifest, check);
+  if (problem) {
+    throw refuse(problem, ARCHIVE_ERRORS.corrupted, "the archive file or its manifest was altered or replaced; restore from an intact copy");
+  }
 
   const client = await pool.connect();
   try {
     await client.query("begin");
     const { rows: [state] } = await client.query("select * from audit_private.partition_state($1::date)", [month]);
     if (state.present && !state.attached) {
-      throw new Error(`refusing to restore ${label}: its partition exists but is detached (an archive run was interrupted); ` +
-        "run `cartop-audit partitions archive` to finish it first. Nothing was changed.");
+      throw refuse("its partition exists but is detached (an archive run was interrupted)", ARCHIVE_ERRORS.wrongState,
+        "run `cartop-audit partitions archive` to finish it first");
     }
     let partition: string;
     if (state.present) {
@@ -255,31 +361,31 @@ export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<A
       partition = (await client.query("select audit_private.partition_name($1::date) as name", [month])).rows[0].name;
       const { rows } = await client.query(`select count(*)::bigint as n from audit.${client.escapeIdentifier(partition)}`);
       if (Number(rows[0].n) > 0) {
-        throw new Error(`refusing to restore ${label}: audit.${partition} already holds ${rows[0].n} rows. Nothing was changed.`);
+        throw refuse(`audit.${partition} already holds ${rows[0].n} rows`, ARCHIVE_ERRORS.wrongState);
       }
     } else {
       partition = (await client.query("select audit_private.create_restore_table($1::date) as name", [month])).rows[0].name;
     }
-    const counter = rowCounter((rows) => options.onRows?.(rows, manifest.rows));
+    const counter = rowCounter((rows) => options.onRows?.(rows, record.rows));
     await pipeline(
-      createReadStream(paths.data), createGunzip(), counter,
-      client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${manifest.columns.join(", ")}) from stdin`)),
+      await options.store.get(names.data), createGunzip(), counter,
+      client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${quotedColumns(client)}) from stdin`)),
     );
     if (!state.present) await client.query("select audit_private.attach_restore_table($1::date)", [month]);
-    if (counter.rows !== manifest.rows) {
-      throw new Error(`restore of ${label} read ${counter.rows} rows, the manifest says ${manifest.rows}. Nothing was changed.`);
+    if (counter.rows !== record.rows) {
+      throw refuse(`the file held ${counter.rows} rows, audit.archives records ${record.rows}`, ARCHIVE_ERRORS.corrupted);
+    }
+    const unsealed = await monthSealProblems(client, month);
+    if (unsealed.length) {
+      throw refuse(`its rows do not match their seals (${unsealed.map((p) => `${p.day}: ${p.problem}`).join("; ")})`,
+        ARCHIVE_ERRORS.corrupted, "the archive does not hold what was sealed; run `cartop-audit verify` and restore from an intact copy");
     }
     await client.query(
-      `insert into audit.archives (month, partition_name, status, file_name, manifest_name, rows, sha256, bytes,
-                                   first_created_at, last_created_at, schema_version, restored_at)
-       values ($1, $2, 'restored', $3, $4, $5, $6, $7, $8, $9, $10, now())
-       on conflict (month) do update set status = 'restored', restored_at = now(), updated_at = now(), last_error = null`,
-      [month, partition, manifest.file, path.basename(paths.manifest), manifest.rows, manifest.sha256, manifest.bytes,
-       manifest.firstCreatedAt, manifest.lastCreatedAt, manifest.schemaVersion],
-    );
+      "update audit.archives set status = 'restored', restored_at = now(), updated_at = now(), last_error = null where month = $1",
+      [month]);
     await client.query("commit");
     client.release();
-    return { month: label, rows: manifest.rows, partition: `audit.${partition}` };
+    return { month: label, rows: record.rows, partition: `audit.${partition}` };
   } catch (error) {
     // Discarding the connection rolls its transaction back, even one stuck in a broken COPY.
     client.release(error as Error);

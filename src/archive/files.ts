@@ -1,11 +1,11 @@
-// Archive files: one gzip-compressed COPY text file per month plus a JSON manifest beside it.
+// Archive files: one gzip-compressed COPY text file per month plus a JSON manifest beside it, and (unless
+// turned off) the same rows as Parquet under parquet/month=YYYY-MM/ for query engines.
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { open, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
+import type { ArchiveStore } from "./store.ts";
 
 /** Storage columns in archive order. Changing them means a new ARCHIVE_SCHEMA_VERSION. */
 export const ARCHIVE_COLUMNS = [
@@ -13,6 +13,7 @@ export const ARCHIVE_COLUMNS = [
   "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name",
 ] as const;
 export const ARCHIVE_SCHEMA_VERSION = 1;
+
 
 export interface Manifest {
   month: string; // YYYY-MM
@@ -28,6 +29,8 @@ export interface Manifest {
   /** The audited tables referenced by the rows (table_id → schema.name), for restoring elsewhere. */
   tables: Record<string, string>;
   exportedAt: string;
+  /** The Parquet copy, when written: its object name, SHA-256 and size. */
+  parquet?: { file: string; sha256: string; bytes: number } | null;
 }
 
 /** "2026-01" → "2026-01-01"; anything else is an error that says what is expected. */
@@ -46,9 +49,20 @@ export function monthLabel(month: string | Date): string {
   return iso.slice(0, 7);
 }
 
+/** Object names of one month's archive inside its store. */
+export function archiveNames(label: string) {
+  return {
+    data: `audit-${label}.copy.gz`,
+    manifest: `audit-${label}.manifest.json`,
+    parquet: `parquet/month=${label}/audit-${label}.parquet`,
+  };
+}
+
+/** Local paths of one month's archive in a directory store (tests and tools). */
 export function archivePaths(dir: string, label: string) {
-  const data = path.join(dir, `audit-${label}.copy.gz`);
-  return { data, partial: `${data}.partial`, manifest: path.join(dir, `audit-${label}.manifest.json`) };
+  const names = archiveNames(label);
+  const data = path.join(dir, names.data);
+  return { data, partial: `${data}.partial`, manifest: path.join(dir, names.manifest), parquet: path.join(dir, ...names.parquet.split("/")) };
 }
 
 /** Counts rows (newline-terminated lines of COPY text) flowing through, reporting progress. */
@@ -94,17 +108,25 @@ export interface FileCheck {
   rows: number;
 }
 
-/** Reads an archive file whole: its checksum, size, and the rows it decompresses to. */
-export async function inspectArchiveFile(file: string, onRows?: (rows: number) => void): Promise<FileCheck> {
+/** Reads an archive object whole: its checksum, size, and (COPY text) the rows it decompresses to. */
+export async function inspectArchive(store: ArchiveStore, name: string, onRows?: (rows: number) => void): Promise<FileCheck> {
   const hash = hasher();
   const counter = rowCounter(onRows);
+  const source = await store.get(name);
   try {
-    await pipeline(createReadStream(file), hash, createGunzip(), counter, new Writable({ write: (_c, _e, cb) => cb() }));
-  } catch (error) {
+    await pipeline(source, hash, createGunzip(), counter, new Writable({ write: (_c, _e, cb) => cb() }));
+  } catch {
     // A truncated or corrupted gzip stream: report it as such, with what we have.
     return { sha256: hash.digest(), bytes: hash.bytes, rows: -1 };
   }
   return { sha256: hash.digest(), bytes: hash.bytes, rows: counter.rows };
+}
+
+/** Checksum and size of an object (the Parquet copy). */
+export async function checksumOf(store: ArchiveStore, name: string): Promise<{ sha256: string; bytes: number }> {
+  const hash = hasher();
+  await pipeline(await store.get(name), hash, new Writable({ write: (_c, _e, cb) => cb() }));
+  return { sha256: hash.digest(), bytes: hash.bytes };
 }
 
 /** Why `check` does not match `manifest`, or null when it does. */
@@ -116,36 +138,22 @@ export function mismatch(manifest: Manifest, check: FileCheck): string | null {
   return null;
 }
 
-export async function readManifest(file: string): Promise<Manifest> {
+export async function readManifest(store: ArchiveStore, name: string): Promise<Manifest> {
+  const where = store.locate(name);
   let parsed: unknown;
   try {
-    parsed = JSON.parse(await readFile(file, "utf8"));
+    const content = await store.read(name);
+    if (!content) throw new Error("it does not exist");
+    parsed = JSON.parse(content.toString("utf8"));
   } catch (error) {
-    throw new Error(`cannot read manifest ${file}: ${(error as Error).message}`);
+    throw new Error(`cannot read manifest ${where}: ${(error as Error).message}`);
   }
   const m = parsed as Partial<Manifest>;
   if (typeof m.sha256 !== "string" || typeof m.rows !== "number" || typeof m.month !== "string") {
-    throw new Error(`manifest ${file} is missing sha256, rows or month`);
+    throw new Error(`manifest ${where} is missing sha256, rows or month`);
   }
   if (m.schemaVersion !== ARCHIVE_SCHEMA_VERSION) {
-    throw new Error(`manifest ${file} has schema version ${m.schemaVersion}; this version reads ${ARCHIVE_SCHEMA_VERSION}`);
+    throw new Error(`manifest ${where} has schema version ${m.schemaVersion}; this version reads ${ARCHIVE_SCHEMA_VERSION}`);
   }
   return m as Manifest;
-}
-
-/** Writes a file so that readers see either the old content or the new, never half of it. */
-export async function writeFileAtomically(file: string, content: string): Promise<void> {
-  const temporary = `${file}.partial`;
-  await writeFile(temporary, content);
-  await fsyncFile(temporary);
-  await rename(temporary, file);
-}
-
-export async function fsyncFile(file: string): Promise<void> {
-  const handle = await open(file, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

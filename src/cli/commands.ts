@@ -4,7 +4,10 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { archiveMonth, restoreMonth, verifyArchive } from "../archive/archive.ts";
+import { restoreMonth, verifyArchive } from "../archive/archive.ts";
+import { archiveDue } from "../archive/due.ts";
+import { queryArchive } from "../archive/parquet.ts";
+import { openArchiveStore } from "../archive/store.ts";
 import { parseMonth } from "../archive/files.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
@@ -312,8 +315,9 @@ export async function buildProgram(): Promise<Command> {
           "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
         const { rows: archived } = await pool.query<{ month: string }>(
           "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = 'archived' order by month");
+        const store = openArchiveStore(config);
         for (const { month } of archived) {
-          const result = await verifyArchive(pool, month, { dir: config.archiveDir });
+          const result = await verifyArchive(pool, month, { store });
           if (!result.ok) rows.push({ check_name: "archive_unverified", object: result.file, problem: result.problem ?? "" });
         }
         printRows(rows, options, "no problems found");
@@ -328,7 +332,7 @@ export async function buildProgram(): Promise<Command> {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const sealed = (await sealDays(pool, { archiveDir: config.archiveDir })).map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest }));
+        const sealed = (await sealDays(pool, { store: openArchiveStore(config) })).map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest }));
         if (options.json || sealed.length <= SEAL_ROWS_LISTED) return printRows(sealed, options, "nothing to seal");
         // A backlog (the first run over a long trail) is one summary, not a line per day.
         const rows = sealed.reduce((sum, s) => sum + Number(s.rows), 0);
@@ -346,7 +350,7 @@ export async function buildProgram(): Promise<Command> {
     .action(async (options: { from?: string; to?: string } & OutputOptions) => {
       const bar = progress("verify", options, "days");
       const report = await withDatabase((pool, config) =>
-        verifySeals(pool, { archiveDir: config.archiveDir, from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
+        verifySeals(pool, { store: openArchiveStore(config), from: options.from, to: options.to, onProgress: (n, t) => bar.update(n, t) }))
         .finally(() => bar.stop());
       if (options.json) {
         printResult(snakeCase({ ...report }), options);
@@ -421,24 +425,20 @@ export async function buildProgram(): Promise<Command> {
 
   partitions
     .command("archive")
-    .description("archive (export, verify, detach, drop) months entirely older than N months before this one")
+    .description("summarise and seal, then archive (export, verify, detach, drop) months entirely older than N months before this one, and finish interrupted ones")
     .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
     .addOption(jsonOption())
     .action(async (options: { olderThan?: number } & OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const { rows } = await pool.query<{ month: string }>(
-          "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m",
-          [options.olderThan ?? config.retentionMonths]);
-        const results = [];
-        for (const { month } of rows) {
-          const bar = phasedProgress(`archive ${month.slice(0, 7)}`, ["export", "verify"], options);
-          try {
-            results.push(await archiveMonth(pool, month, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) }));
-          } finally {
-            bar.stop();
-          }
-        }
-        printRows(results.map((r) => ({ ...r })), options, "nothing to archive");
+        const { archived, skipped } = await archiveDue(pool, {
+          store: openArchiveStore(config), parquet: config.archiveParquet, olderThanMonths: options.olderThan ?? config.retentionMonths,
+          onMonth: (label) => {
+            const bar = phasedProgress(`archive ${label}`, ["export", "verify"], options);
+            return { onRows: (n, t) => bar.update(n, t), done: () => bar.stop() };
+          },
+        });
+        for (const s of skipped) process.stderr.write(`not archived ${s.month}: ${s.reason}\n`);
+        printRows(archived.map((r) => ({ ...r })), options, "nothing to archive");
       });
     });
 
@@ -458,7 +458,7 @@ export async function buildProgram(): Promise<Command> {
         }
         const bar = progress(`restore ${first.slice(0, 7)}`, options);
         try {
-          printResult({ ...(await restoreMonth(pool, first, { dir: config.archiveDir, onRows: (n, t) => bar.update(n, t) })) }, options);
+          printResult({ ...(await restoreMonth(pool, first, { store: openArchiveStore(config), onRows: (n, t) => bar.update(n, t) })) }, options);
         } finally {
           bar.stop();
         }
@@ -475,11 +475,25 @@ export async function buildProgram(): Promise<Command> {
         const months = first ? [first] : (await pool.query<{ month: string }>(
           "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status <> 'exporting' order by month")).rows.map((r) => r.month);
         const results = [];
-        for (const m of months) results.push(await verifyArchive(pool, m, { dir: config.archiveDir }));
+        const store = openArchiveStore(config);
+        for (const m of months) results.push(await verifyArchive(pool, m, { store }));
         printRows(results.map((r) => ({ ...r })), options, "no archives");
         return results.some((r) => !r.ok);
       });
       if (failed) process.exitCode = 1;
+    });
+
+  program
+    .command("archive")
+    .description("archived months, read in place")
+    .command("query")
+    .description("run one SELECT over every archived month (their Parquet copies), as the table audit_log with audit.log's columns")
+    .argument("<sql>", "e.g. \"select created_at, user_id, changes from audit_log where entity_name = 'products' and entity_id = '42'\"")
+    .addOption(jsonOption())
+    .action(async (sql: string, options: OutputOptions) => {
+      // Needs no database: the archive store alone (AUDIT_ARCHIVE_URL / AUDIT_ARCHIVE_DIR).
+      const result = await queryArchive(openArchiveStore(readConfig()), sql);
+      printRows(result.rows, options, "no rows");
     });
 
   return program;
@@ -497,6 +511,8 @@ export async function runCli(argv: string[]): Promise<number> {
     if (e.code?.startsWith("commander.")) return 2; // commander already printed the message
     // A failed command speaks to the person who ran it, in plain words (logs are for running services).
     process.stderr.write(`cartop-audit: ${e.message ?? String(error)}\n`);
+    const hint = (error as { hint?: unknown }).hint;
+    if (typeof hint === "string" && hint) process.stderr.write(`hint: ${hint}\n`);
     return 1;
   }
 }

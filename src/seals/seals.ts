@@ -1,14 +1,12 @@
 // Tamper-evident seals (integrity/13_seals.sql): seal each finished UTC day of the trail with a digest of
-// its rows chained to the previous day's seal, keep a copy of every seal in the archive directory, and
+// its rows chained to the previous day's seal, keep a copy of every seal in the archive store (directory or bucket), and
 // verify both against the rows.
 //
 // The digest query lives here, not in the database, so that verifying does not trust code stored in the
 // database being verified.
 import { createHash } from "node:crypto";
-import { appendFile, mkdir, readdir, readFile } from "node:fs/promises";
-import path from "node:path";
 import type pg from "pg";
-import { fsyncFile } from "../archive/files.ts";
+import type { ArchiveStore } from "../archive/store.ts";
 
 /** Version of the digest definitions below; stored with each seal. Changing them means a new format. */
 const SEAL_FORMAT = 1;
@@ -61,26 +59,18 @@ async function sealsInDatabase(db: pg.Pool | pg.PoolClient): Promise<Seal[]> {
   return (await db.query<Seal>(`select ${SEAL_COLUMNS} from audit.seals order by day`)).rows;
 }
 
-// ---- the copy in the archive directory: seals/YYYY-MM.jsonl, one line per day, only ever appended ----
+// ---- the copy in the archive store: seals/YYYY-MM.jsonl, one line per day, only ever appended ----
 
-function sealDir(archiveDir: string): string {
-  return path.join(archiveDir, "seals");
-}
-
-async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal>> {
+async function sealsInFiles(store: ArchiveStore): Promise<Map<string, Seal>> {
   const found = new Map<string, Seal>();
-  const names = await readdir(sealDir(archiveDir)).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === "ENOENT") return [] as string[];
-    throw error;
-  });
-  for (const name of names.filter((n) => /^\d{4}-\d{2}\.jsonl$/.test(n)).sort()) {
-    const lines = (await readFile(path.join(sealDir(archiveDir), name), "utf8")).split("\n").filter(Boolean);
+  for (const name of (await store.list("seals/")).filter((n) => /^seals\/\d{4}-\d{2}\.jsonl$/.test(n))) {
+    const lines = ((await store.read(name))?.toString("utf8") ?? "").split("\n").filter(Boolean);
     for (const [index, line] of lines.entries()) {
       let seal: Seal;
       try {
         seal = JSON.parse(line) as Seal;
       } catch {
-        throw new Error(`seals/${name} line ${index + 1} is not JSON`);
+        throw new Error(`${name} line ${index + 1} is not JSON`);
       }
       if (!found.has(seal.day)) found.set(seal.day, seal);
     }
@@ -88,25 +78,26 @@ async function sealsInFiles(archiveDir: string): Promise<Map<string, Seal>> {
   return found;
 }
 
-/** Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the copy). */
-async function copySealsToFiles(archiveDir: string, seals: Seal[]): Promise<void> {
-  const inFiles = await sealsInFiles(archiveDir);
-  const missing = seals.filter((seal) => !inFiles.has(seal.day));
-  if (!missing.length) return;
-  await mkdir(sealDir(archiveDir), { recursive: true });
-  const touched = new Set<string>();
-  for (const seal of missing) {
-    const file = path.join(sealDir(archiveDir), `${seal.day.slice(0, 7)}.jsonl`);
-    await appendFile(file, `${JSON.stringify(seal)}\n`);
-    touched.add(file);
+/**
+ * Appends the seals the files do not hold yet (never rewrites a line: a tampered database cannot overwrite the
+ * copy). Runs after the seals commit, outside the sealing lock: if two sealers race on an S3 object (rewritten
+ * whole there), a line lost by one is written again by the next run, which compares with audit.seals.
+ */
+async function copySealsToFiles(store: ArchiveStore, seals: Seal[]): Promise<void> {
+  const inFiles = await sealsInFiles(store);
+  const missing = new Map<string, string>();
+  for (const seal of seals.filter((s) => !inFiles.has(s.day))) {
+    const name = `seals/${seal.day.slice(0, 7)}.jsonl`;
+    missing.set(name, `${missing.get(name) ?? ""}${JSON.stringify(seal)}\n`);
   }
-  for (const file of touched) await fsyncFile(file);
+  for (const [name, lines] of missing) await store.append(name, lines);
 }
 
 // ---- sealing ----
 
 export interface SealOptions {
-  archiveDir: string;
+  /** Where the seal copies go: the archive store. */
+  store: ArchiveStore;
   /** How long after midnight (UTC) a day waits before it is sealed; default one hour. */
   grace?: string;
   /** Start no new day after this many seconds (at least one day is sealed per run); default: no limit. */
@@ -149,7 +140,7 @@ export async function sealDays(pool: pg.Pool, options: SealOptions): Promise<Sea
     }
   }
   // Also copies seals committed by a run that stopped before writing its files.
-  await copySealsToFiles(options.archiveDir, await sealsInDatabase(pool));
+  await copySealsToFiles(options.store, await sealsInDatabase(pool));
   return sealed;
 }
 
@@ -174,7 +165,7 @@ export interface VerifyReport {
 }
 
 export interface VerifyOptions {
-  archiveDir: string;
+  store: ArchiveStore;
   /** Only recompute rows for days in [from, to] (the chain and the copies are always checked in full). */
   from?: string;
   to?: string;
@@ -186,11 +177,11 @@ const sameSeal = (a: Seal, b: Seal) =>
   a.rows === b.rows && a.rows_digest === b.rows_digest && a.previous_digest === b.previous_digest &&
   a.seal_digest === b.seal_digest && a.format === b.format;
 
-/** Recomputes the chain, compares it with the copy in the archive directory and recomputes every day's rows. */
+/** Recomputes the chain, compares it with the copy in the archive store and recomputes every day's rows. */
 export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promise<VerifyReport> {
   const problems: SealProblem[] = [];
   const seals = await sealsInDatabase(pool);
-  const files = await sealsInFiles(options.archiveDir);
+  const files = await sealsInFiles(options.store);
   const { rows: archived } = await pool.query<{ month: string }>(
     "select to_char(month, 'YYYY-MM') as month from audit.archives where status in ('detached', 'archived')");
   const archivedMonths = new Set(archived.map((r) => r.month));
@@ -217,7 +208,7 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
     previous = seal;
   }
   if (seals.length && !files.size) {
-    problems.push({ day: seals[0]!.day, problem: `no seal copies in ${path.join(options.archiveDir, "seals")} (is AUDIT_ARCHIVE_DIR right?)` });
+    problems.push({ day: seals[0]!.day, problem: `no seal copies in ${options.store.locate("seals/")} (is AUDIT_ARCHIVE_URL or AUDIT_ARCHIVE_DIR right?)` });
   }
   const inDatabase = new Set(seals.map((s) => s.day));
   for (const day of files.keys()) {
@@ -238,13 +229,9 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
         archivedDays++;
         continue;
       }
-      const now = await dayDigest(client, seal.day);
+      const problem = await dayProblem(client, seal);
       checkedDays++;
-      if (now.rows !== seal.rows) {
-        problems.push({ day: seal.day, problem: `${now.rows} rows, but ${seal.rows} were sealed` });
-      } else if (now.digest !== seal.rows_digest) {
-        problems.push({ day: seal.day, problem: `rows differ from what was sealed (same count, ${seal.rows})` });
-      }
+      if (problem) problems.push({ day: seal.day, problem });
     }
     await client.query("commit");
   } finally {
@@ -261,6 +248,31 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
     problems,
     firstBadDay: problems[0]?.day ?? null,
   };
+}
+
+/** Why the rows of a sealed day no longer match its seal, or null when they do. */
+async function dayProblem(db: pg.Pool | pg.PoolClient, seal: Pick<Seal, "day" | "rows" | "rows_digest">): Promise<string | null> {
+  const now = await dayDigest(db, seal.day);
+  if (now.rows !== seal.rows) return `${now.rows} rows, but ${seal.rows} were sealed`;
+  if (now.digest !== seal.rows_digest) return `rows differ from what was sealed (same count, ${seal.rows})`;
+  return null;
+}
+
+/**
+ * The sealed days of one month whose rows (as `db` sees them now) do not match their seals. Archiving and
+ * restoring call it inside their transaction: a month leaves or re-enters the database only as it was sealed.
+ */
+export async function monthSealProblems(db: pg.PoolClient, month: string): Promise<SealProblem[]> {
+  const { rows: seals } = await db.query<Seal>(
+    `select ${SEAL_COLUMNS} from audit.seals
+      where day >= $1::date and day < ($1::date + interval '1 month')::date order by day`, [month]);
+  await db.query("set local work_mem = '256MB'");
+  const problems: SealProblem[] = [];
+  for (const seal of seals) {
+    const problem = await dayProblem(db, seal);
+    if (problem) problems.push({ day: seal.day, problem });
+  }
+  return problems;
 }
 
 function nextDay(day: string): string {

@@ -2,7 +2,8 @@
 // and every run is recorded in audit.task_runs (what /metrics reports, whichever process runs the worker).
 import type { JobHelpers, Task, TaskList } from "graphile-worker";
 import type pg from "pg";
-import { archiveMonth } from "../archive/archive.ts";
+import { archiveDue } from "../archive/due.ts";
+import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
 import { sealDays } from "../seals/seals.ts";
 
@@ -28,7 +29,15 @@ export const TASK_NAMES = [
   "audit__ensure_partitions", "audit__summarize_activity", "audit__seal_days", "audit__check_coverage", "audit__archive_partitions",
 ] as const;
 
-type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths" | "archiveDir">;
+/** A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up. */
+const SEAL_BUDGET_SECONDS = 300;
+
+type TaskConfig = Pick<Config, "premakeMonths" | "retentionMonths"> & {
+  /** Where archives and seal copies go (openArchiveStore). */
+  store: ArchiveStore;
+  /** Also write archived months as Parquet (default true). */
+  parquet?: boolean;
+};
 
 /** Records each run (success with its result, or failure with its error, which graphile-worker then retries). */
 function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Promise<object>): Task {
@@ -52,8 +61,7 @@ function recorded(pool: pg.Pool, name: string, run: (helpers: JobHelpers) => Pro
 
 export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<(typeof TASK_NAMES)[number], Task> {
   const sealFinishedDays = async (helpers: JobHelpers) => {
-    // A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up.
-    const sealed = await sealDays(pool, { archiveDir: config.archiveDir, stopAfterSeconds: 300 });
+    const sealed = await sealDays(pool, { store: config.store, stopAfterSeconds: SEAL_BUDGET_SECONDS });
     if (sealed.length) {
       const days = sealed.length === 1 ? sealed[0]!.day : `${sealed.length} days, ${sealed[0]!.day} to ${sealed.at(-1)!.day}`;
       helpers.logger.info(`sealed ${days} (${sealed.reduce((n, s) => n + s.rows, 0)} audit rows)`);
@@ -84,22 +92,13 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
     }),
 
     audit__archive_partitions: recorded(pool, "audit__archive_partitions", async (helpers) => {
-      // A month leaves the database summarised and sealed.
-      await pool.query("select audit.summarize_activity()");
-      await sealFinishedDays(helpers);
-      const { rows } = await pool.query<{ month: string }>(
-        "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m", [config.retentionMonths]);
-      // Also finish runs that were interrupted after their partition left audit.partitions.
-      const { rows: unfinished } = await pool.query<{ month: string }>(
-        "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status in ('verified', 'detached')");
-      const months = [...new Set([...rows, ...unfinished].map((r) => r.month))].sort();
-      const archived = [];
-      for (const month of months) {
-        const result = await archiveMonth(pool, month, { dir: config.archiveDir });
-        helpers.logger.info(`archived ${result.month}: ${result.rows} rows → ${result.file}`);
-        archived.push({ month: result.month, rows: result.rows });
-      }
-      return { archived };
+      const { sealed, archived, skipped } = await archiveDue(pool, {
+        store: config.store, parquet: config.parquet, olderThanMonths: config.retentionMonths, sealBudgetSeconds: SEAL_BUDGET_SECONDS,
+      });
+      if (sealed.length) helpers.logger.info(`sealed ${sealed.length} days before archiving`);
+      for (const r of archived) helpers.logger.info(`archived ${r.month}: ${r.rows} rows → ${r.file}`);
+      for (const s of skipped) helpers.logger.warn(`not archived ${s.month}: ${s.reason}`);
+      return { archived: archived.map((r) => ({ month: r.month, rows: r.rows })), skipped };
     }),
   };
 }

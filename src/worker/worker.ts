@@ -1,6 +1,7 @@
 // The graphile-worker runner: in-process with `start`, standalone with `cartop-audit worker`.
 import { Logger as WorkerLogger, run, type Runner } from "graphile-worker";
 import pg from "pg";
+import { openArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { crontab, makeTasks } from "./tasks.ts";
@@ -30,7 +31,7 @@ export async function startWorker(databaseUrl: string, config: Config, logger: L
   try {
     runner = await run({
       pgPool: pool,
-      taskList: makeTasks(pool, config),
+      taskList: makeTasks(pool, { ...config, store: openArchiveStore(config), parquet: config.archiveParquet }),
       crontab,
       concurrency: 1,
       noHandleSignals: true,

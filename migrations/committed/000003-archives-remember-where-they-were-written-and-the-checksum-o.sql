@@ -1,0 +1,1845 @@
+--! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
+--! Hash: sha1:97b8d05dc3dd3a9f3f5a2a1de942ae70cb097caa
+--! Message: Archives remember where they were written and the checksum of their Parquet copy
+
+-- source: triggers/01_schemas_and_roles.sql
+-- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
+--
+-- audit          the public contract: the audit.log view, tracking API, partition API, context setter
+-- audit_private  storage and machinery that users never call directly
+
+create schema if not exists audit;
+create schema if not exists audit_private;
+
+comment on schema audit is 'cartop-audit: the audit trail and its API';
+comment on schema audit_private is 'cartop-audit internals: storage and capture machinery (not an API)';
+
+-- Roles are cluster-wide, so they may already exist (another database, an earlier install).
+do $$
+declare
+  role_name text;
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_authenticator') then
+    create role cartop_authenticator login noinherit;
+  end if;
+  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor'] loop
+    if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
+      execute format('create role %I nologin', role_name);
+    end if;
+  end loop;
+end
+$$;
+
+-- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
+grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
+
+-- Nobody but the owner creates objects in these schemas; readers get usage explicitly.
+revoke all on schema audit, audit_private from public;
+grant usage on schema audit to cartop_anonymous, cartop_user, cartop_auditor;
+grant usage on schema audit_private to cartop_user, cartop_auditor;
+
+-- source: partitions/02_log_storage.sql
+-- Where audit rows are stored: one range-partitioned table, one partition per calendar month (UTC).
+--
+-- Compact by design: an INSERT keeps the new row, a DELETE the old row, and an UPDATE the old row plus
+-- only the new values of the columns that changed (`delta`). The view audit.log rebuilds old_value,
+-- new_value and changes from these, so readers see the full contract while each UPDATE stores about
+-- half of what "old + new + diff" would.
+
+-- Ids come from a sequence with a session cache: increasing within a transaction, cheap for bulk writes.
+create sequence if not exists audit_private.log_id_seq as bigint cache 64;
+
+create table if not exists audit_private.log_entries (
+  id               bigint      not null default nextval('audit_private.log_id_seq'),
+  created_at       timestamptz not null,
+  tx_id            bigint      not null,
+  table_id         integer     not null,
+  action           "char"      not null,
+  entity_id        text,
+  old_entity_id    text,
+  row_data         jsonb,
+  delta            jsonb,
+  user_id          text,
+  user_email       text,
+  ip_address       inet,
+  user_agent       text,
+  request_id       text,
+  metadata         jsonb,
+  db_user          text        not null,
+  application_name text,
+  constraint log_entries_action_known check (action in ('I', 'U', 'D', 'T')),
+  constraint log_entries_row_present check (action = 'T' or (row_data is not null and entity_id is not null)),
+  constraint log_entries_delta_only_on_update check ((action = 'U') = (delta is not null))
+) partition by range (created_at);
+
+alter sequence audit_private.log_id_seq owned by audit_private.log_entries.id;
+
+comment on table audit_private.log_entries is
+  'Audit rows as stored (compact). Read them through the audit.log view.';
+comment on column audit_private.log_entries.table_id is 'audit_private.tables.id of the audited table (not an OID: survives dump/restore)';
+comment on column audit_private.log_entries.action is 'I = INSERT, U = UPDATE, D = DELETE, T = TRUNCATE';
+comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UPDATE and DELETE: the old row (excluded columns removed, masked columns replaced)';
+comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
+comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
+
+-- Entity history: all rows of one entity, in order. entity_id leads: it is what every entity query knows
+-- (the table id may arrive through a join the planner cannot turn into an index condition).
+create index if not exists log_entries_entity_idx on audit_private.log_entries (entity_id, table_id, created_at);
+-- Primary-key changes, for point-in-time reads of the old key (rare: costs nothing for other rows).
+create index if not exists log_entries_old_entity_idx on audit_private.log_entries (old_entity_id, table_id, created_at) where old_entity_id is not null;
+-- TRUNCATEs of a table, for point-in-time reads (rare: one tiny entry per TRUNCATE statement).
+create index if not exists log_entries_truncate_idx on audit_private.log_entries (table_id, created_at) where action = 'T';
+-- User activity: only rows written with a user in context (bulk SQL without context costs nothing here).
+create index if not exists log_entries_user_idx on audit_private.log_entries (user_id, created_at) where user_id is not null;
+-- Time ranges inside a month: BRIN is a few pages per month and costs almost nothing on writes.
+create index if not exists log_entries_created_at_brin on audit_private.log_entries using brin (created_at);
+
+-- Rows outside the premade months land here instead of failing the business write.
+-- audit.create_partition moves them into their month once it exists.
+create table if not exists audit.log_default partition of audit_private.log_entries default;
+comment on table audit.log_default is
+  'Audit rows whose month had no partition yet. Should stay empty: audit.ensure_partitions moves rows out.';
+
+-- source: partitions/03_partition_management.sql
+-- Monthly partitions: naming, creation (one month, or the current month and N ahead), and status.
+-- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
+-- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
+
+create or replace function audit_private.partition_name(month date)
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select 'log_' || to_char(month, 'YYYY_MM')
+$$;
+
+comment on function audit_private.partition_name(date) is 'Name (in schema audit) of the partition holding the month of the given date';
+
+-- The first instant of a month, in UTC, as timestamptz.
+create or replace function audit_private.month_start(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month)::timestamp) at time zone 'UTC'
+$$;
+
+-- The first instant of the following month, in UTC: the exclusive upper bound of a month's partition.
+create or replace function audit_private.month_end(month date)
+  returns timestamptz
+  language sql
+  immutable
+  parallel safe
+as $$
+  select (date_trunc('month', month) + interval '1 month')::timestamp at time zone 'UTC'
+$$;
+
+-- The current month in UTC.
+create or replace function audit_private.current_month()
+  returns date
+  language sql
+  stable
+as $$
+  select date_trunc('month', now() at time zone 'UTC')::date
+$$;
+
+-- Creates the partition for one month if it does not exist; returns its name.
+-- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- If the default partition already holds rows of that month, they are moved into the new partition in
+-- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
+create or replace function audit.create_partition(month date)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+  range_from timestamptz := audit_private.month_start(month);
+  range_to timestamptz := audit_private.month_end(month);
+begin
+  if month is null then
+    raise exception 'audit.create_partition: month must not be null';
+  end if;
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
+  if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+    return part_name;
+  end if;
+
+  if exists (select from audit.log_default where created_at >= range_from and created_at < range_to) then
+    perform audit_private.create_partition_moving_default_rows(part_name, range_from, range_to);
+  else
+    execute format(
+      'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+      part_name, range_from, range_to);
+  end if;
+  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
+  return part_name;
+end
+$$;
+
+comment on function audit.create_partition(date) is
+  'Creates the monthly audit partition holding the given date (idempotent; moves matching rows out of the default partition)';
+
+-- A partition cannot be attached while the default partition holds rows of its range, and audit rows may
+-- never be deleted. So: detach the default, create the month, route the default's rows back through the
+-- parent (each lands in its month or in a fresh default), then drop the detached copy. All in one
+-- transaction under an exclusive lock on the parent.
+create or replace function audit_private.create_partition_moving_default_rows(part_name text, range_from timestamptz, range_to timestamptz)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  moved bigint;
+begin
+  lock table audit_private.log_entries in access exclusive mode;
+  alter table audit_private.log_entries detach partition audit.log_default;
+  alter table audit.log_default rename to log_default_moving;
+  create table audit.log_default partition of audit_private.log_entries default;
+  perform audit_private.protect_partition('audit.log_default'::regclass);
+  execute format(
+    'create table audit.%I partition of audit_private.log_entries for values from (%L) to (%L)',
+    part_name, range_from, range_to);
+  insert into audit_private.log_entries select * from audit.log_default_moving;
+  get diagnostics moved = row_count;
+  drop table audit.log_default_moving;
+  raise notice 'audit: moved % row(s) out of audit.log_default while creating audit.%', moved, part_name;
+end
+$$;
+
+-- Creates the current month's partition and `months_ahead` months after it; returns the names it created.
+create or replace function audit.ensure_partitions(months_ahead integer default 3)
+  returns setof text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  first_month date := audit_private.current_month();
+  i integer;
+  part_name text;
+begin
+  if months_ahead is null or months_ahead < 0 then
+    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
+  end if;
+  -- The same lock as create_partition: a racing caller waits here, then finds the months made.
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  for i in 0 .. months_ahead loop
+    part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
+    if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+      return next audit.create_partition((first_month + make_interval(months => i))::date);
+    end if;
+  end loop;
+end
+$$;
+
+comment on function audit.ensure_partitions(integer) is
+  'Creates the current month''s audit partition and months_ahead months after it, if missing (idempotent, safe to race)';
+
+-- One row per partition of the audit table: what it covers, how big it is.
+create or replace view audit.partitions as
+select
+  c.relname::text                                                        as partition_name,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$FROM \('([^']+)'\)$re$), '')::timestamptz as range_start,
+  nullif(substring(pg_get_expr(c.relpartbound, c.oid) from $re$TO \('([^']+)'\)$re$), '')::timestamptz   as range_end,
+  coalesce(s.n_live_tup, 0)::bigint                                      as estimated_rows,
+  pg_total_relation_size(c.oid)                                          as total_bytes,
+  pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'                         as is_default
+from pg_inherits i
+join pg_class c on c.oid = i.inhrelid
+left join pg_stat_user_tables s on s.relid = c.oid
+where i.inhparent = 'audit_private.log_entries'::regclass
+order by is_default, range_start;
+
+comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
+
+-- Rows waiting in the default partition, by month (exact counts). Should be empty; see the runbook.
+create or replace function audit.default_partition_months()
+  returns table (month date, rows bigint)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select date_trunc('month', created_at at time zone 'UTC')::date, count(*)
+  from audit.log_default
+  group by 1
+  order by 1
+$$;
+
+comment on function audit.default_partition_months() is 'Months that have rows in the default partition, with exact counts (monitoring: should return nothing)';
+
+-- Moves every row of the default partition into its monthly partition (created as needed); returns the
+-- partitions it created.
+create or replace function audit.drain_default_partition()
+  returns setof text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  waiting date;
+begin
+  for waiting in select month from audit.default_partition_months() loop
+    return next audit.create_partition(waiting);
+  end loop;
+end
+$$;
+
+comment on function audit.drain_default_partition() is 'Moves rows out of audit.log_default into monthly partitions, creating them';
+
+-- source: triggers/04_immutability.sql
+-- The audit trail is append-only: no role, the owner included, may UPDATE, DELETE or TRUNCATE it.
+-- Old months leave only as whole partitions (detach/drop) through the archive path.
+-- Statement-level guards refuse the statement even when it would touch no row. Statement triggers are
+-- not inherited by partitions, so every partition gets its own (audit_private.protect_partition).
+
+create or replace function audit_private.tg__append_only()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception 'audit trail is append-only: % on %.% is not allowed', tg_op, tg_table_schema, tg_table_name
+    using errcode = 'insufficient_privilege',
+          hint = 'Old months leave the database as whole partitions through the archive path.';
+end
+$$;
+
+create or replace function audit_private.protect_partition(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if exists (select from pg_trigger where tgrelid = target and tgname = '_100_append_only') then
+    execute format('drop trigger _100_append_only on %s', target);
+  end if;
+  execute format(
+    'create trigger _100_append_only before update or delete or truncate on %s
+       for each statement execute function audit_private.tg__append_only()', target);
+end
+$$;
+
+select audit_private.protect_partition('audit_private.log_entries'::regclass);
+select audit_private.protect_partition(inhrelid::regclass)
+  from pg_inherits where inhparent = 'audit_private.log_entries'::regclass;
+
+-- Privileges: nobody gets write access to the storage; capture writes through security definer functions.
+revoke all on audit_private.log_entries from public;
+revoke all on audit.log_default from public;
+
+-- source: triggers/05_context.sql
+-- Who made a change travels in transaction-local settings (set_config(name, value, true)), so it never
+-- outlives the transaction and survives connection pools:
+--   audit.user_id, audit.user_email, audit.ip_address, audit.user_agent, audit.request_id, audit.metadata
+-- A value that cannot be parsed (an ip_address that is not an inet, a metadata that is not a JSON object)
+-- never fails the business write and is never dropped: the column stays null and the raw text is kept in
+-- metadata under "invalid_context", e.g. {"invalid_context": {"audit.ip_address": "not-an-ip"}}.
+
+do $$
+begin
+  if not exists (select from pg_type where typname = 'context' and typnamespace = 'audit_private'::regnamespace) then
+    create type audit_private.context as (
+      user_id          text,
+      user_email       text,
+      ip_address       inet,
+      user_agent       text,
+      request_id       text,
+      metadata         jsonb,
+      db_user          text,
+      application_name text
+    );
+  end if;
+end
+$$;
+
+-- A setting as text, or null when unset. After a transaction-local set, a setting reads '' (not null)
+-- for the rest of the session, hence nullif.
+create or replace function audit_private.setting(name text)
+  returns text
+  language sql
+  stable
+  parallel safe
+as $$
+  select nullif(current_setting(name, true), '')
+$$;
+
+-- The context of the current statement. Called once per audited statement, never per row.
+create or replace function audit_private.current_context()
+  returns audit_private.context
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  ctx audit_private.context;
+  raw_ip text := audit_private.setting('audit.ip_address');
+  raw_metadata text := audit_private.setting('audit.metadata');
+  invalid jsonb := '{}';
+begin
+  ctx.user_id := audit_private.setting('audit.user_id');
+  ctx.user_email := audit_private.setting('audit.user_email');
+  ctx.user_agent := audit_private.setting('audit.user_agent');
+  ctx.request_id := audit_private.setting('audit.request_id');
+  -- Inside a security definer function current_user is the definer; the `role` setting still names
+  -- the role the caller switched to (SET ROLE), and session_user the role that logged in.
+  ctx.db_user := coalesce(nullif(current_setting('role'), 'none'), session_user);
+  ctx.application_name := nullif(current_setting('application_name'), '');
+
+  if raw_ip is not null then
+    begin
+      ctx.ip_address := raw_ip::inet;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.ip_address', raw_ip);
+    end;
+  end if;
+
+  if raw_metadata is not null then
+    begin
+      ctx.metadata := raw_metadata::jsonb;
+      if jsonb_typeof(ctx.metadata) <> 'object' then
+        ctx.metadata := null;
+        invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+      end if;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+    end;
+  end if;
+
+  if invalid <> '{}' then
+    ctx.metadata := coalesce(ctx.metadata, '{}') || jsonb_build_object('invalid_context', invalid);
+  end if;
+  return ctx;
+end
+$$;
+
+-- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,
+-- so several calls can add to one context.
+create or replace function audit.set_context(
+  user_id text default null,
+  user_email text default null,
+  ip_address inet default null,
+  user_agent text default null,
+  request_id text default null,
+  metadata jsonb default null
+)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if metadata is not null and jsonb_typeof(metadata) <> 'object' then
+    raise exception 'audit.set_context: metadata must be a JSON object, got %', jsonb_typeof(metadata)
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if user_id is not null then perform set_config('audit.user_id', user_id, true); end if;
+  if user_email is not null then perform set_config('audit.user_email', user_email, true); end if;
+  if ip_address is not null then perform set_config('audit.ip_address', ip_address::text, true); end if;
+  if user_agent is not null then perform set_config('audit.user_agent', user_agent, true); end if;
+  if request_id is not null then perform set_config('audit.request_id', request_id, true); end if;
+  if metadata is not null then perform set_config('audit.metadata', metadata::text, true); end if;
+end
+$$;
+
+comment on function audit.set_context(text, text, inet, text, text, jsonb) is
+  'Sets who is acting for the rest of the current transaction (transaction-local settings audit.*)';
+
+grant execute on function audit.set_context(text, text, inet, text, text, jsonb) to cartop_anonymous, cartop_user, cartop_auditor;
+
+-- source: triggers/06_tracking.sql
+-- Tracking: which tables are audited, with which options, and the triggers that capture their changes.
+--
+-- Capture is statement-level (AFTER ... FOR EACH STATEMENT with transition tables): one INSERT ... SELECT
+-- per audited statement writes one audit row per changed row, whether the statement touched one row or
+-- a million (COPY, MERGE, ON CONFLICT and cascades included). Everything that can be known about a table
+-- (primary key, excluded and masked columns, which columns to compare) is worked out once, at
+-- enable_tracking time, and handed to the trigger as arguments or baked into a generated function.
+
+create table if not exists audit_private.tables (
+  id               integer     generated always as identity primary key,
+  schema_name      text        not null,
+  table_name       text        not null,
+  primary_key      text[]      not null,
+  excluded_columns text[]      not null default '{}',
+  masked_columns   text[]      not null default '{}',
+  enabled          boolean     not null default true,
+  created_at       timestamptz not null default now(),
+  updated_at       timestamptz not null default now(),
+  constraint tables_name_unique unique (schema_name, table_name),
+  constraint tables_primary_key_present check (cardinality(primary_key) > 0)
+);
+
+comment on table audit_private.tables is
+  'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+
+-- Text that marks a masked value: the column is recorded as changed, its value never is.
+create or replace function audit_private.masked_value()
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$ select '"[masked]"'::jsonb $$;
+
+create or replace function audit_private.masked_object(masked_columns text[])
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select coalesce(jsonb_object_agg(c, audit_private.masked_value()), '{}')
+  from unnest(masked_columns) as c
+$$;
+
+-- TRUNCATE: one audit row for the statement, no entity. The table id is the trigger argument.
+create or replace function audit_private.tg__capture_truncate()
+  returns trigger
+  language plpgsql
+  security definer
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  _ctx audit_private.context := audit_private.current_context();
+begin
+  insert into audit_private.log_entries (created_at, tx_id, table_id, action,
+    user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
+  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T',
+    _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
+    _ctx.db_user, _ctx.application_name);
+  return null;
+end
+$$;
+
+-- Whether values of a type can be compared with IS DISTINCT FROM (json, xml, point... cannot).
+create or replace function audit_private.type_has_equality(type_name text)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format('select null::%s is distinct from null::%1$s', type_name);
+  return true;
+exception when undefined_function then
+  return false;
+end
+$$;
+
+-- SQL for "this row as audited JSON": excluded columns removed, masked ones replaced. `row_alias` is a
+-- row of the table (or of a subquery whose extra columns are listed in `extra_columns`).
+create or replace function audit_private.row_json_sql(tracked audit_private.tables, row_alias text, extra_columns text[] default '{}')
+  returns text
+  language sql
+  immutable
+as $$
+  select format('to_jsonb(%s)', row_alias)
+    || case when cardinality(extra_columns || tracked.excluded_columns) > 0
+         then format(' - %L::text[]', extra_columns || tracked.excluded_columns) else '' end
+    || case when cardinality(tracked.masked_columns) > 0
+         then format(' || %L::jsonb', audit_private.masked_object(tracked.masked_columns)) else '' end
+$$;
+
+-- SQL for the entity id, read from audited JSON in `json_sql` (and, for UPDATE, from `delta_sql` first,
+-- where a changed key lives): the key value as text, or a JSON array of the values of a composite key.
+create or replace function audit_private.entity_id_sql(tracked audit_private.tables, json_sql text, delta_sql text default null)
+  returns text
+  language sql
+  immutable
+as $$
+  select case
+    when cardinality(tracked.primary_key) = 1 and delta_sql is null
+      then format('%s ->> %L', json_sql, tracked.primary_key[1])
+    when cardinality(tracked.primary_key) = 1
+      then format('coalesce(%s ->> %L, %s ->> %2$L)', delta_sql, tracked.primary_key[1], json_sql)
+    else format('jsonb_build_array(%s)::text', (
+      select string_agg(
+               case when delta_sql is null then format('%s -> %L', json_sql, k)
+                    else format('coalesce(%s -> %L, %s -> %2$L)', delta_sql, k, json_sql) end,
+               ', ' order by ord)
+      from unnest(tracked.primary_key) with ordinality as u(k, ord)))
+  end
+$$;
+
+-- SQL for the UPDATE delta: the new values of the columns that changed, each compared with its own
+-- type's equality (as text where the type has none); masked columns get the mask instead of a value.
+create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  terms text[] := '{}';
+  col record;
+  cast_suffix text;
+begin
+  for col in
+    select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type_name
+    from pg_attribute a
+    where a.attrelid = target and a.attnum > 0 and not a.attisdropped
+      and a.attname <> all (tracked.excluded_columns)
+    order by a.attnum
+  loop
+    cast_suffix := case when audit_private.type_has_equality(col.type_name) then '' else '::text' end;
+    terms := terms || format(
+      'case when o.%1$I%2$s is distinct from n.%1$I%2$s then %3$s else ''{}''::jsonb end',
+      col.name, cast_suffix,
+      case when col.name = any (tracked.masked_columns)
+        then format('jsonb_build_object(%L, audit_private.masked_value())', col.name)
+        else format('jsonb_build_object(%L, n.%I)', col.name, col.name)
+      end);
+  end loop;
+  return array_to_string(terms, E'\n          || ');
+end
+$$;
+
+-- Writes one generated capture function: the shared prologue (context read once per statement) around
+-- the statement-specific INSERT ... SELECT.
+create or replace function audit_private.write_capture_function(function_name text, target regclass, capture_sql text)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format($template$
+    create or replace function audit_private.%1$I()
+      returns trigger
+      language plpgsql
+      security definer
+      set search_path = pg_catalog, pg_temp
+      -- A plan cached for small statements is reused for large ones: JIT would compile on every call,
+      -- and the UPDATE pairing would sort on disk with the default work_mem.
+      set jit = off
+      set work_mem = '64MB'
+    as $function$
+    -- Generated by audit.enable_tracking for %2$s; rewritten on every enable_tracking, do not edit.
+    declare
+      _ctx audit_private.context := audit_private.current_context();
+      _at timestamptz := statement_timestamp();
+      _tx bigint := txid_current();
+    begin
+      %3$s;
+      return null;
+    end
+    $function$
+  $template$, function_name, target, capture_sql);
+end
+$$;
+
+-- Writes the INSERT, UPDATE and DELETE capture functions of one tracked table. Everything known about the
+-- table is baked in: its id, key, columns, exclusions and masks, so a statement does no lookups.
+--
+-- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
+-- new values of the changed columns. Old and new rows are paired by their position in the transition
+-- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
+-- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
+-- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
+-- evaluating to_jsonb once per reference instead of once per row.
+create or replace function audit_private.write_capture_functions(tracked audit_private.tables, target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, old_entity_id, row_data, delta,
+        user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
+  context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
+        _ctx.metadata, _ctx.db_user, _ctx.application_name';
+  op record;
+  update_select text;
+begin
+  for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
+    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
+      '%s
+      select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
+      from (select %s as row_data from %s t offset 0) r',
+      insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
+      audit_private.row_json_sql(tracked, 't'), op.transition));
+  end loop;
+
+  -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
+  update_select := format(
+    'select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
+    tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
+    -- The key changed exactly when the delta holds a key column: then record the old entity id too.
+    tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
+  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
+    -- One row (what an API sends): pair the two rows directly. Setting up the general pairing (two window
+    -- functions and a join) on every statement made single-row UPDATEs ~25% slower.
+    'if (select count(*) from (select from old_rows limit 2) s) = 1 then
+      %1$s
+      %2$s
+      from (select %3$s as row_data, %5$s as delta from old_rows o, new_rows n offset 0) c
+      where c.delta <> ''{}''::jsonb;
+    else
+      %1$s
+      %2$s
+      from (
+        select %4$s as row_data,
+          %5$s as delta
+        from (select row_number() over () as audit_ordinal__, t.* from old_rows t) o
+        full join (select row_number() over () as audit_ordinal__, t.* from new_rows t) n using (audit_ordinal__)
+        offset 0
+      ) c
+      where c.delta <> ''{}''::jsonb;
+    end if',
+    insert_columns, update_select, audit_private.row_json_sql(tracked, 'o'),
+    audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
+end
+$$;
+
+-- (Re)creates the capture triggers of one tracked table from its registry row.
+create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+  -- Tells the DROP TRIGGER event trigger that these drops are ours (restored when the function returns).
+  set audit_private.attaching = 'on'
+as $$
+begin
+  perform audit_private.write_capture_functions(tracked, target);
+  perform audit_private.detach_capture(target);
+  execute format('create trigger _900_audit_insert after insert on %s referencing new table as new_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_insert_%s', tracked.id));
+  execute format('create trigger _900_audit_update after update on %s referencing old table as old_rows new table as new_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_update_%s', tracked.id));
+  execute format('create trigger _900_audit_delete after delete on %s referencing old table as old_rows
+                    for each statement execute function audit_private.%I()', target, format('capture_delete_%s', tracked.id));
+  execute format('create trigger _900_audit_truncate after truncate on %s
+                    for each statement execute function audit_private.tg__capture_truncate(%L)', target, tracked.id);
+end
+$$;
+
+create or replace function audit_private.detach_capture(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  trigger_name text;
+begin
+  for trigger_name in
+    select tgname from pg_trigger
+    where tgrelid = target and tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+  loop
+    execute format('drop trigger %I on %s', trigger_name, target);
+  end loop;
+end
+$$;
+
+-- Starts (or re-configures) auditing of a table. Idempotent: calling it again replaces the options.
+create or replace function audit.enable_tracking(
+  target regclass,
+  excluded_columns text[] default '{}',
+  masked_columns text[] default '{}'
+)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  rel record;
+  key_columns text[];
+  unknown text[];
+  tracked audit_private.tables;
+begin
+  if target is null then
+    raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
+  end if;
+  excluded_columns := coalesce(excluded_columns, '{}');
+  masked_columns := coalesce(masked_columns, '{}');
+
+  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition
+    into rel
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where c.oid = target;
+
+  if rel.relkind not in ('r', 'p') then
+    raise exception 'audit.enable_tracking: % is not a table', target using errcode = 'wrong_object_type';
+  end if;
+  if rel.relispartition then
+    raise exception 'audit.enable_tracking: % is a partition; track its partitioned parent instead', target
+      using errcode = 'wrong_object_type';
+  end if;
+  if rel.schema_name in ('audit', 'audit_private') then
+    raise exception 'audit.enable_tracking: % belongs to the audit system and cannot be tracked', target
+      using errcode = 'wrong_object_type';
+  end if;
+
+  select array_agg(a.attname::text order by k.ord) into key_columns
+  from pg_index i
+  cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+  join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+  where i.indrelid = target and i.indisprimary;
+  if key_columns is null then
+    raise exception 'audit.enable_tracking: table % has no primary key', target
+      using errcode = 'invalid_table_definition',
+            hint = 'Audit rows are keyed by the primary key; add one before tracking the table.';
+  end if;
+
+  select array_agg(c) into unknown
+  from unnest(excluded_columns || masked_columns) as c
+  where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
+  if unknown is not null then
+    raise exception 'audit.enable_tracking: table % has no column(s) %', target, array_to_string(unknown, ', ')
+      using errcode = 'undefined_column';
+  end if;
+  if key_columns && (excluded_columns || masked_columns) then
+    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded or masked', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if excluded_columns && masked_columns then
+    raise exception 'audit.enable_tracking: a column of % cannot be both excluded and masked', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+
+  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
+  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
+  on conflict (schema_name, table_name) do update
+    set primary_key = excluded.primary_key,
+        excluded_columns = excluded.excluded_columns,
+        masked_columns = excluded.masked_columns,
+        enabled = true,
+        updated_at = now()
+  returning t.* into tracked;
+
+  perform audit_private.attach_capture(tracked, target);
+end
+$$;
+
+comment on function audit.enable_tracking(regclass, text[], text[]) is
+  'Starts auditing a table (idempotent; a second call replaces excluded and masked columns)';
+
+-- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
+-- still there) and the generated functions. The audit rows stay, and so does the registry row.
+create or replace function audit_private.end_tracking(tracked_id integer)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked audit_private.tables;
+  target regclass;
+begin
+  update audit_private.tables set enabled = false, updated_at = now()
+   where id = tracked_id
+  returning * into tracked;
+  target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
+  if target is not null then
+    perform audit_private.detach_capture(target);
+  end if;
+  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
+    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+end
+$$;
+
+-- Stops auditing a table. Its audit rows stay; so does its registry row (marked disabled).
+create or replace function audit.disable_tracking(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked_id integer;
+begin
+  select t.id into tracked_id
+  from audit_private.tables t
+  join pg_namespace n on n.nspname = t.schema_name
+  join pg_class c on c.relnamespace = n.oid and c.relname = t.table_name
+  where c.oid = target and t.enabled;
+  if tracked_id is null then
+    raise exception 'audit.disable_tracking: table % is not tracked', target using errcode = 'undefined_object';
+  end if;
+  perform audit_private.end_tracking(tracked_id);
+end
+$$;
+
+comment on function audit.disable_tracking(regclass) is 'Stops auditing a table; its audit history is kept';
+
+-- The same by name, for a tracked table that no longer exists (dropped where no event trigger saw it).
+create or replace function audit.disable_tracking(schema_name text, table_name text)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked_id integer;
+begin
+  select t.id into tracked_id from audit_private.tables t
+  where t.schema_name = disable_tracking.schema_name and t.table_name = disable_tracking.table_name and t.enabled;
+  if tracked_id is null then
+    raise exception 'audit.disable_tracking: table %.% is not tracked', schema_name, table_name using errcode = 'undefined_object';
+  end if;
+  perform audit_private.end_tracking(tracked_id);
+end
+$$;
+
+comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
+
+revoke all on function audit.enable_tracking(regclass, text[], text[]) from public;
+revoke all on function audit.disable_tracking(regclass) from public;
+revoke all on function audit.disable_tracking(text, text) from public;
+
+-- What is tracked, and whether its four capture triggers are in place and enabled.
+create or replace view audit.tracked_tables as
+select
+  t.schema_name,
+  t.table_name,
+  t.primary_key,
+  t.excluded_columns,
+  t.masked_columns,
+  t.enabled,
+  coalesce(tr.installed, 0) as triggers_installed,
+  coalesce(tr.active, 0) as triggers_active,
+  t.created_at,
+  t.updated_at
+from audit_private.tables t
+left join lateral (
+  select count(*)::integer as installed, count(*) filter (where g.tgenabled <> 'D')::integer as active
+  from pg_trigger g
+  where g.tgrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
+    and g.tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+) tr on true;
+
+comment on view audit.tracked_tables is
+  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist and are enabled';
+
+-- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
+-- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
+-- (renamed or dropped), its protection cannot follow it by name, so the ALTER TABLE is refused rather
+-- than let a renamed secret into the trail.
+create or replace function audit_private.refresh_tracking(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  tracked audit_private.tables;
+  missing text[];
+begin
+  select t.* into tracked
+  from audit_private.tables t
+  join pg_class c on c.relname = t.table_name
+  join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
+  where c.oid = target and t.enabled;
+  if tracked.id is null then
+    -- Renamed (ALTER TABLE … RENAME TO or SET SCHEMA): its capture triggers still call the functions named
+    -- after its registry id. The registry follows the table, and so does its history in audit.log.
+    select t.* into tracked
+    from audit_private.tables t
+    where t.enabled and exists (
+      select from pg_trigger g
+      where g.tgrelid = target and g.tgname = '_900_audit_insert'
+        and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
+    if tracked.id is null then
+      return;
+    end if;
+    if exists (select from audit_private.tables t, pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where c.oid = target and t.schema_name = n.nspname and t.table_name = c.relname) then
+      raise exception 'cartop-audit: % was audited before under this name; a tracked table cannot take it', target
+        using errcode = 'object_in_use',
+              hint = 'Its history would merge with the earlier table''s. Choose another name.';
+    end if;
+    update audit_private.tables t
+       set schema_name = n.nspname, table_name = c.relname, updated_at = now()
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target and t.id = tracked.id
+    returning t.* into tracked;
+  end if;
+  select array_agg(c) into missing
+  from unnest(tracked.excluded_columns || tracked.masked_columns) as c
+  where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
+  if missing is not null then
+    raise exception 'cartop-audit: column(s) % of % are excluded or masked from the audit trail and would no longer be', array_to_string(missing, ', '), target
+      using errcode = 'object_in_use',
+            hint = format('In one transaction: select audit.disable_tracking(%L); your ALTER TABLE; select audit.enable_tracking(%L, ...) with the new column names.', target, target);
+  end if;
+  perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns);
+end
+$$;
+
+create or replace function audit_private.tg__refresh_after_ddl()
+  returns event_trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cmd record;
+begin
+  for cmd in
+    select distinct objid from pg_event_trigger_ddl_commands()
+    where classid = 'pg_class'::regclass and object_type in ('table', 'table column')
+  loop
+    perform audit_private.refresh_tracking(cmd.objid::regclass);
+  end loop;
+end
+$$;
+
+-- A capture trigger dropped from a table that is still tracked is put back at once, with a warning: the
+-- way to stop auditing a table is audit.disable_tracking, which unregisters it first. (A superuser can
+-- still get around this with session_replication_role = replica; audit.coverage and the seals see that.)
+-- A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being tracked, with a notice:
+-- its audit history stays.
+create or replace function audit_private.tg__capture_after_drop()
+  returns event_trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  dropped record;
+  target regclass;
+  tracked_id integer;
+begin
+  if current_setting('audit_private.attaching', true) = 'on' then
+    return; -- attach_capture replacing its own triggers
+  end if;
+  for dropped in
+    select distinct o.object_type, o.address_names[1] as schema_name, o.address_names[2] as table_name
+    from pg_event_trigger_dropped_objects() o
+    -- Tables however they went (DROP SCHEMA … CASCADE drops them as dependents); triggers only when dropped
+    -- themselves, not along with their table.
+    where o.object_type = 'table'
+       or (o.object_type = 'trigger' and o.original
+           and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate'))
+  loop
+    select t.id into tracked_id from audit_private.tables t
+    where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
+    continue when tracked_id is null;
+    if dropped.object_type = 'table' then
+      raise notice 'cartop-audit: tracked table %.% was dropped; tracking ended, its audit history is kept',
+        dropped.schema_name, dropped.table_name;
+      perform audit_private.end_tracking(tracked_id);
+    else
+      target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+      raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
+        using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
+      perform audit_private.refresh_tracking(target);
+    end if;
+  end loop;
+end
+$$;
+
+-- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
+-- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
+-- show the state).
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    drop event trigger if exists audit_refresh_after_ddl;
+    create event trigger audit_refresh_after_ddl on ddl_command_end
+      when tag in ('ALTER TABLE')
+      execute function audit_private.tg__refresh_after_ddl();
+    drop event trigger if exists audit_capture_after_drop;
+    create event trigger audit_capture_after_drop on sql_drop
+      when tag in ('DROP TRIGGER', 'DROP TABLE', 'DROP SCHEMA')
+      execute function audit_private.tg__capture_after_drop();
+  else
+    raise notice 'cartop-audit: not a superuser, so no event triggers; re-run audit.enable_tracking after ALTER TABLE on tracked tables';
+  end if;
+end
+$$;
+
+-- A migration that changes how capture is generated must reach the tables already tracked: regenerate
+-- their capture functions (the same functions again when nothing changed). A table whose protected
+-- columns went missing is left as it is, with a warning, rather than failing the migration.
+do $$
+declare
+  target regclass;
+begin
+  for target in
+    select to_regclass(format('%I.%I', schema_name, table_name)) from audit_private.tables
+    where enabled and to_regclass(format('%I.%I', schema_name, table_name)) is not null
+  loop
+    begin
+      perform audit_private.refresh_tracking(target);
+    exception when object_in_use then
+      raise warning 'cartop-audit: capture of % not regenerated: %', target, sqlerrm;
+    end;
+  end loop;
+end
+$$;
+
+-- source: triggers/07_log_view.sql
+-- audit.log: the audit trail as readers expect it (full old and new rows, per-column changes, context),
+-- computed from the compact storage. Only the columns a query names are computed.
+
+-- {"column": {"old": ..., "new": ...}} for every column in delta.
+create or replace function audit_private.changes_of(old_row jsonb, delta jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select jsonb_object_agg(d.key, jsonb_build_object('old', old_row -> d.key, 'new', d.value))
+  from jsonb_each(delta) as d
+$$;
+
+-- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE.
+create or replace function audit_private.new_row(action "char", row_data jsonb, delta jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select case action when 'I' then row_data when 'U' then row_data || delta end
+$$;
+
+create or replace function audit_private.action_name(action "char")
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select case action when 'I' then 'INSERT' when 'U' then 'UPDATE' when 'D' then 'DELETE' when 'T' then 'TRUNCATE' end
+$$;
+
+-- security_invoker: row-level security of the storage applies to whoever reads the view.
+create or replace view audit.log with (security_invoker = true) as
+select
+  e.id,
+  e.created_at,
+  e.tx_id,
+  t.schema_name                               as entity_schema,
+  t.table_name                                as entity_name,
+  e.entity_id,
+  audit_private.action_name(e.action)         as action,
+  case when e.action in ('U', 'D') then e.row_data end             as old_value,
+  audit_private.new_row(e.action, e.row_data, e.delta) as new_value,
+  case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
+  e.user_id,
+  e.user_email,
+  e.ip_address,
+  e.user_agent,
+  e.request_id,
+  e.metadata,
+  e.db_user,
+  e.application_name
+from audit_private.log_entries e
+join audit_private.tables t on t.id = e.table_id;
+
+comment on view audit.log is 'The audit trail: one row per changed row (one per TRUNCATE), append-only, partitioned by month';
+comment on column audit.log.id is 'Unique; increasing within a transaction';
+comment on column audit.log.created_at is 'When the statement that made the change started';
+comment on column audit.log.tx_id is 'Id of the writing transaction (txid_current())';
+comment on column audit.log.entity_schema is 'Schema of the audited table';
+comment on column audit.log.entity_name is 'Name of the audited table';
+comment on column audit.log.entity_id is 'Primary key as text; composite keys as a JSON array in key order, e.g. [42, "eu"]';
+comment on column audit.log.action is 'INSERT, UPDATE, DELETE or TRUNCATE';
+comment on column audit.log.old_value is 'The row before the change (UPDATE, DELETE); excluded columns absent, masked ones "[masked]"';
+comment on column audit.log.new_value is 'The row after the change (INSERT, UPDATE)';
+comment on column audit.log.changes is 'UPDATE only: {"column": {"old": ..., "new": ...}} for each changed column';
+comment on column audit.log.user_id is 'Setting audit.user_id of the writing transaction';
+comment on column audit.log.user_email is 'Setting audit.user_email';
+comment on column audit.log.ip_address is 'Setting audit.ip_address';
+comment on column audit.log.user_agent is 'Setting audit.user_agent';
+comment on column audit.log.request_id is 'Setting audit.request_id';
+comment on column audit.log.metadata is 'Setting audit.metadata (a JSON object); unparsable context values are kept under "invalid_context"';
+comment on column audit.log.db_user is 'Database role that made the change (after SET ROLE)';
+comment on column audit.log.application_name is 'application_name of the writing session';
+
+-- Who may read: auditors everything, users their own activity, anonymous nothing.
+grant select on audit.log, audit.tracked_tables to cartop_user, cartop_auditor;
+grant select on audit_private.log_entries, audit_private.tables to cartop_user, cartop_auditor;
+grant select on audit.partitions to cartop_auditor;
+
+alter table audit_private.log_entries enable row level security;
+
+drop policy if exists auditor_reads_all on audit_private.log_entries;
+create policy auditor_reads_all on audit_private.log_entries
+  for select to cartop_auditor using (true);
+
+drop policy if exists user_reads_own on audit_private.log_entries;
+create policy user_reads_own on audit_private.log_entries
+  for select to cartop_user using (user_id = audit_private.setting('audit.user_id'));
+
+-- source: partitions/08_premake.sql
+-- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
+select audit.ensure_partitions(3);
+
+-- source: partitions/10_archives.sql
+-- Archiving old months: a recorded state machine per month, driven by the worker or the CLI
+-- (src/archive/). The database side: the manifest table and the helpers that touch partitions.
+--
+--   exporting → exported → verified → detached → archived      (restored: brought back from its file)
+--
+-- Each step is recorded before the next begins, so a job killed anywhere and run again resumes where it
+-- stopped; a step that finds its work already done (file written, partition detached or gone) records it.
+
+create table if not exists audit.archives (
+  month            date        primary key,
+  partition_name   text        not null,
+  status           text        not null default 'exporting',
+  file_name        text,
+  manifest_name    text,
+  rows             bigint,
+  first_created_at timestamptz,
+  last_created_at  timestamptz,
+  sha256           text,
+  bytes            bigint,
+  schema_version   integer     not null default 1,
+  started_at       timestamptz not null default now(),
+  updated_at       timestamptz not null default now(),
+  archived_at      timestamptz,
+  restored_at      timestamptz,
+  last_error       text,
+  constraint archives_month_is_first_day check (month = date_trunc('month', month)::date),
+  constraint archives_status_known check (status in ('exporting', 'exported', 'verified', 'detached', 'archived', 'restored')),
+  constraint archives_exported_has_manifest check (status = 'exporting' or (rows is not null and sha256 is not null and file_name is not null))
+);
+
+-- Added with archives in object storage and Parquet copies (migrations replay this file: idempotent).
+alter table audit.archives add column if not exists location text;
+alter table audit.archives add column if not exists parquet_file text;
+alter table audit.archives add column if not exists parquet_sha256 text;
+alter table audit.archives add column if not exists parquet_bytes bigint;
+
+comment on table audit.archives is 'One row per archived (or restored) month of the audit trail: the state of its archive and its manifest';
+comment on column audit.archives.status is 'exporting → exported → verified → detached → archived; restored once brought back';
+comment on column audit.archives.sha256 is 'SHA-256 of the compressed archive file';
+comment on column audit.archives.rows is 'Audit rows in the month (and in the file)';
+comment on column audit.archives.location is 'The archive store the month was written to (AUDIT_ARCHIVE_URL at export time)';
+comment on column audit.archives.parquet_sha256 is 'SHA-256 of the month''s Parquet copy (parquet/month=YYYY-MM/…), when one was written';
+
+grant select on audit.archives to cartop_auditor;
+
+-- Months whose partition exists and that end before the first day of the month `older_than_months`
+-- before the current (UTC) month: with 12 in 2026-11, every month before 2025-11.
+create or replace function audit.archivable_months(older_than_months integer)
+  returns setof date
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select range_start::date
+  from audit.partitions
+  where not is_default
+    and older_than_months >= 0
+    and range_end <= audit_private.month_start((audit_private.current_month() - make_interval(months => older_than_months))::date)
+  order by range_start
+$$;
+
+comment on function audit.archivable_months(integer) is 'Months (first days) whose partitions are old enough to archive';
+
+-- Whether a month's partition exists, and whether it is attached to the audit table.
+create or replace function audit_private.partition_state(month date, out present boolean, out attached boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select c.oid is not null,
+         exists (select from pg_inherits i where i.inhrelid = c.oid and i.inhparent = 'audit_private.log_entries'::regclass)
+  from (select) as dummy
+  left join pg_class c on c.relname = audit_private.partition_name(month) and c.relnamespace = 'audit'::regnamespace
+$$;
+
+-- Detaches an archived month's partition after checking it still holds exactly the rows that were
+-- exported (so nothing written since the export can be lost). Plain DETACH, not CONCURRENTLY: the
+-- default partition forbids the concurrent form. The caller sets a short lock_timeout and retries, so
+-- writers never queue behind a long wait. Returns false if the partition was already detached or gone.
+create or replace function audit_private.detach_archived_partition(month date, expected_rows bigint)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  state record;
+  actual bigint;
+begin
+  select * into state from audit_private.partition_state(month);
+  if not state.present or not state.attached then
+    return false;
+  end if;
+  execute format('alter table audit_private.log_entries detach partition audit.%I', audit_private.partition_name(month));
+  -- Detached now: no writer can add rows, so the count is final.
+  execute format('select count(*) from audit.%I', audit_private.partition_name(month)) into actual;
+  if actual <> expected_rows then
+    raise exception 'audit: partition audit.% holds % rows but its archive has %; export it again',
+      audit_private.partition_name(month), actual, expected_rows
+      using errcode = 'data_exception';
+  end if;
+  return true;
+end
+$$;
+
+-- Drops a detached archived partition. Refuses an attached one: rows leave only through the archive path.
+create or replace function audit_private.drop_archived_partition(month date)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  state record;
+begin
+  select * into state from audit_private.partition_state(month);
+  if not state.present then
+    return false;
+  end if;
+  if state.attached then
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month);
+  end if;
+  execute format('drop table audit.%I', audit_private.partition_name(month));
+  return true;
+end
+$$;
+
+-- Restoring a month fast: load into a standalone table without indexes, then attach it. ATTACH builds
+-- the partition's indexes in one sort each (much cheaper than maintaining them row by row) and, thanks to
+-- the CHECK constraint matching the range, skips the validation scan. Only takes SHARE UPDATE EXCLUSIVE
+-- on the audit table, so writers are not blocked. Returns the table name to COPY into.
+create or replace function audit_private.create_restore_table(month date)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+begin
+  if month is null or exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name;
+  end if;
+  execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
+  execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
+  return part_name;
+end
+$$;
+
+create or replace function audit_private.attach_restore_table(month date)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+begin
+  execute format('alter table audit_private.log_entries attach partition audit.%I for values from (%L) to (%L)',
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
+  execute format('alter table audit.%I drop constraint restore_range', part_name);
+  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
+end
+$$;
+
+-- source: reporting/11_history.sql
+-- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
+-- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
+-- row-level security applies (a user sees only their own rows). No `set search_path` (every name is
+-- qualified): a SQL function without SET clauses can be inlined, so the planner sees through it.
+
+-- entity_name is a table name (`products`) or schema-qualified (`app.products`).
+create or replace function audit.entity_history(entity_name text, entity_id text)
+  returns setof audit.log
+  language sql
+  stable
+as $$
+  select l.*
+  from audit.log l
+  where l.entity_id = entity_history.entity_id
+    and (l.entity_name = entity_history.entity_name
+         or l.entity_schema || '.' || l.entity_name = entity_history.entity_name)
+  order by l.id desc
+$$;
+
+comment on function audit.entity_history(text, text) is 'Audit rows of one entity (table name or schema.table, and primary key as text), newest first';
+
+create or replace function audit.user_activity(user_id text, since timestamptz default null, until timestamptz default null)
+  returns setof audit.log
+  language sql
+  stable
+as $$
+  select l.*
+  from audit.log l
+  where l.user_id = user_activity.user_id
+    and (since is null or l.created_at >= since)
+    and (until is null or l.created_at < until)
+  order by l.id desc
+$$;
+
+comment on function audit.user_activity(text, timestamptz, timestamptz) is 'Audit rows written with the given audit.user_id, newest first, optionally within [since, until)';
+
+grant execute on function audit.entity_history(text, text), audit.user_activity(text, timestamptz, timestamptz)
+  to cartop_user, cartop_auditor;
+
+-- source: reporting/12_reporting.sql
+-- Reporting for analysts: one row per changed field, daily activity, and a row's state at a past time.
+
+-- One row per changed field of every UPDATE. (INSERTs and DELETEs are whole rows: see audit.log.)
+create or replace view audit.changes with (security_invoker = true) as
+select
+  e.id                                   as log_id,
+  e.created_at,
+  t.schema_name                          as entity_schema,
+  t.table_name                           as entity_name,
+  e.entity_id,
+  d.key                                  as field,
+  e.row_data -> d.key                    as old_value,
+  d.value                                as new_value,
+  e.user_id,
+  e.user_email,
+  e.db_user,
+  e.request_id
+from audit_private.log_entries e
+join audit_private.tables t on t.id = e.table_id
+cross join lateral jsonb_each(e.delta) as d
+where e.action = 'U';
+
+comment on view audit.changes is 'One row per changed field of every audited UPDATE: who changed which field of which entity, from what to what, and when';
+comment on column audit.changes.log_id is 'audit.log id of the UPDATE';
+comment on column audit.changes.created_at is 'When the statement that made the change started';
+comment on column audit.changes.entity_schema is 'Schema of the audited table';
+comment on column audit.changes.entity_name is 'Name of the audited table';
+comment on column audit.changes.entity_id is 'Primary key (after the change) as text';
+comment on column audit.changes.field is 'Column that changed';
+comment on column audit.changes.old_value is 'Value before (JSON; "[masked]" for masked columns)';
+comment on column audit.changes.new_value is 'Value after (JSON; "[masked]" for masked columns)';
+comment on column audit.changes.user_id is 'audit.user_id of the writing transaction';
+comment on column audit.changes.user_email is 'audit.user_email of the writing transaction';
+comment on column audit.changes.db_user is 'Database role that made the change';
+comment on column audit.changes.request_id is 'audit.request_id of the writing transaction';
+
+-- Counts per UTC day × table × action × user. Finished days are summarised once into a small table by the
+-- worker (audit.summarize_activity, hourly, and before archiving); the view adds the days not yet
+-- summarised (today) from the trail itself, pruned to their partition at run time. So the view is always
+-- current, a quarter reads a few thousand summary rows instead of millions of audit rows, and the counts
+-- of archived months stay available after their rows leave the database.
+create table if not exists audit_private.activity_summary (
+  day      date    not null,
+  table_id integer not null,
+  action   "char"  not null,
+  user_id  text,
+  changes  bigint  not null,
+  constraint activity_summary_key unique nulls not distinct (day, table_id, action, user_id)
+);
+
+create table if not exists audit_private.activity_summary_state (
+  singleton       boolean primary key default true check (singleton),
+  summarized_until date   not null
+);
+
+comment on table audit_private.activity_summary is 'Audit rows per finished UTC day, table, action and user (see audit.activity_daily)';
+
+-- The first instant not yet summarised (UTC), or -infinity before the first summary.
+create or replace function audit_private.activity_live_from()
+  returns timestamptz
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce((select summarized_until::timestamp at time zone 'UTC' from audit_private.activity_summary_state), '-infinity')
+$$;
+
+-- Summarises every finished day (before today, UTC) not summarised yet; returns the summary rows written.
+create or replace function audit.summarize_activity()
+  returns integer
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  live_from timestamptz;
+  today date := (now() at time zone 'UTC')::date;
+  added integer;
+begin
+  perform pg_advisory_xact_lock(hashtext('cartop-audit:activity-summary'));
+  live_from := audit_private.activity_live_from();
+  if live_from >= (today::timestamp at time zone 'UTC') then
+    return 0;
+  end if;
+  insert into audit_private.activity_summary (day, table_id, action, user_id, changes)
+  select (e.created_at at time zone 'UTC')::date, e.table_id, e.action, e.user_id, count(*)
+  from audit_private.log_entries e
+  where e.created_at >= live_from and e.created_at < (today::timestamp at time zone 'UTC')
+  group by 1, 2, 3, 4
+  on conflict on constraint activity_summary_key do update set changes = excluded.changes;
+  get diagnostics added = row_count;
+  insert into audit_private.activity_summary_state (summarized_until) values (today)
+  on conflict (singleton) do update set summarized_until = excluded.summarized_until;
+  return added;
+end
+$$;
+
+comment on function audit.summarize_activity() is 'Summarises finished days into audit.activity_daily''s summary (run hourly by the worker); returns summary rows written';
+
+create or replace view audit.activity_daily with (security_invoker = true) as
+select s.day, t.schema_name as entity_schema, t.table_name as entity_name,
+       audit_private.action_name(s.action) as action, s.user_id, s.changes
+from audit_private.activity_summary s
+join audit_private.tables t on t.id = s.table_id
+union all
+select (e.created_at at time zone 'UTC')::date, t.schema_name, t.table_name,
+       audit_private.action_name(e.action), e.user_id, count(*)
+from audit_private.log_entries e
+join audit_private.tables t on t.id = e.table_id
+where e.created_at >= audit_private.activity_live_from()
+group by 1, 2, 3, 4, 5;
+
+comment on view audit.activity_daily is 'Audit rows per UTC day, table, action and user: finished days from a summary the worker keeps, today live from the trail';
+comment on column audit.activity_daily.day is 'UTC day of created_at';
+comment on column audit.activity_daily.entity_schema is 'Schema of the audited table';
+comment on column audit.activity_daily.entity_name is 'Name of the audited table';
+comment on column audit.activity_daily.action is 'INSERT, UPDATE, DELETE or TRUNCATE';
+comment on column audit.activity_daily.user_id is 'audit.user_id (null: no user in context, e.g. a DBA in psql)';
+comment on column audit.activity_daily.changes is 'Number of audit rows';
+
+-- Ids of the tracked tables a name refers to: `products` (any schema) or `app.products`.
+create or replace function audit_private.table_ids(entity_name text)
+  returns integer[]
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce(array_agg(t.id), '{}') from audit_private.tables t
+  where t.table_name = entity_name or t.schema_name || '.' || t.table_name = entity_name
+$$;
+
+-- The row as it was at `at` (inclusive), or null if it did not exist then: not yet inserted, deleted,
+-- truncated, or its primary key had been changed to another value. entity_name as in entity_history.
+create or replace function audit.row_as_of(entity_name text, entity_id text, at timestamptz)
+  returns jsonb
+  language sql
+  stable
+as $$
+  with events as (
+    -- Changes to this entity (an UPDATE that gave another row this key included).
+    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action, e.row_data, e.delta) end as state
+    from audit_private.log_entries e
+    where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
+    union all
+    -- An UPDATE that moved this key to another value: the row no longer exists under it.
+    select e.created_at, e.id, null
+    from audit_private.log_entries e
+    where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
+    union all
+    select e.created_at, e.id, null
+    from audit_private.log_entries e
+    where e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name)) and e.created_at <= at
+  )
+  select state from events order by created_at desc, id desc limit 1
+$$;
+
+comment on function audit.row_as_of(text, text, timestamptz) is 'The audited row (as JSON) at a point in time, or null if it did not exist then';
+
+grant select on audit.changes to cartop_user, cartop_auditor;
+-- Counts cover everybody's activity: auditors only.
+grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
+grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
+
+-- source: integrity/13_seals.sql
+-- Tamper-evident seals: one row per finished UTC day of the trail, holding a digest of that day's rows and
+-- a digest chained to the previous day's seal. A changed, deleted, inserted or moved row changes its day's
+-- digest; a rewritten seal breaks the chain from that day on; a copy of every seal is also written to the
+-- archive directory, out of the database's reach.
+--
+-- The digests are computed by the application (src/seals/), not by a function stored here: `cartop-audit
+-- verify` recomputes them with its own query, so a superuser cannot fool it by replacing a function.
+-- Sealing only reads the trail (no lock beyond ACCESS SHARE): writers never wait for it.
+
+create table if not exists audit.seals (
+  day             date        primary key,
+  rows            bigint      not null,
+  rows_digest     text        not null,
+  previous_digest text,
+  seal_digest     text        not null unique,
+  format          integer     not null,
+  sealed_at       timestamptz not null default now(),
+  constraint seals_rows_not_negative check (rows >= 0),
+  constraint seals_digests_are_sha256 check (
+    rows_digest ~ '^[0-9a-f]{64}$' and seal_digest ~ '^[0-9a-f]{64}$'
+    and (previous_digest is null or previous_digest ~ '^[0-9a-f]{64}$'))
+);
+
+comment on table audit.seals is 'One seal per finished UTC day of the audit trail, chained; `cartop-audit verify` recomputes them';
+comment on column audit.seals.day is 'The UTC day sealed: audit rows with created_at in [day, day + 1)';
+comment on column audit.seals.rows is 'How many audit rows the day held when it was sealed';
+comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 1)';
+comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
+comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
+comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts); 1 so far';
+comment on column audit.seals.sealed_at is 'When the seal was written';
+
+-- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
+create or replace function audit_private.tg__seal_extends_chain()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  last_seal audit.seals;
+begin
+  select * into last_seal from audit.seals order by day desc limit 1;
+  if last_seal.day is null then
+    if new.previous_digest is not null then
+      raise exception 'the first seal (%) cannot link to a previous one', new.day;
+    end if;
+  elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
+    raise exception 'seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+  end if;
+  if new.day >= (now() at time zone 'UTC')::date then
+    raise exception 'day % is not finished yet (UTC)', new.day;
+  end if;
+  return new;
+end
+$$;
+
+drop trigger if exists _010_extends_chain on audit.seals;
+create trigger _010_extends_chain before insert on audit.seals
+  for each row execute function audit_private.tg__seal_extends_chain();
+
+-- Seals are as append-only as the trail they protect.
+select audit_private.protect_partition('audit.seals'::regclass);
+revoke all on audit.seals from public;
+grant select on audit.seals to cartop_auditor;
+
+-- The first day of the chain: the last seal's successor, or (nothing sealed yet) the first day of the
+-- oldest month still in the database.
+create or replace function audit_private.seal_chain_start()
+  returns date
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(
+    (select max(day) + 1 from audit.seals),
+    (select min(range_start at time zone 'UTC')::date from audit.partitions where not is_default),
+    (now() at time zone 'UTC')::date)
+$$;
+
+-- When the oldest open transaction of this database (other than the caller's) began: no row stamped
+-- before it can still appear (rows carry their statements' start times). Null when none is open. Other
+-- roles' transactions are visible only to superusers and members of pg_read_all_stats.
+create or replace function audit_private.oldest_open_transaction_start()
+  returns timestamptz
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select min(xact_start) from pg_stat_activity
+  where datname = current_database() and backend_type = 'client backend'
+    and pid <> pg_backend_pid() and xact_start is not null
+$$;
+
+-- Days that can be sealed now, oldest first: finished UTC days after the last seal that ended at least
+-- `grace` ago, stopping before the day on which the oldest open transaction began (it may still commit rows
+-- into that day); where other roles' transactions are not visible, `grace` is the margin. A prepared
+-- transaction could hold rows of any day: while one exists, nothing is sealed.
+create or replace function audit.sealable_days(grace interval default '1 hour')
+  returns setof date
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select d::date
+  from generate_series(
+         audit_private.seal_chain_start(),
+         least(
+           ((now() - grace) at time zone 'UTC')::date - 1,
+           (audit_private.oldest_open_transaction_start() at time zone 'UTC')::date - 1),
+         interval '1 day') as d
+  where not exists (select from pg_prepared_xacts where database = current_database())
+$$;
+
+revoke all on function audit.sealable_days(interval) from public;
+comment on function audit.sealable_days(interval) is 'Finished UTC days not sealed yet that no open transaction can still write to, oldest first';
+
+-- source: integrity/14_coverage.sql
+-- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
+-- `cartop-audit doctor`) can see. Empty means healthy.
+create or replace function audit.coverage_problems(months_ahead integer default 1)
+  returns table (check_name text, object text, problem text)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  -- A tracked table that no longer exists.
+  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
+         format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
+  from audit_private.tables t
+  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
+  union all
+  -- A tracked table whose capture triggers were dropped or disabled.
+  select case when tt.triggers_installed < 4 then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
+         format('%I.%I', tt.schema_name, tt.table_name),
+         format('%s of 4 capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_active)
+  from audit.tracked_tables tt
+  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
+    and (tt.triggers_installed < 4 or tt.triggers_active < 4)
+  union all
+  -- A trigger that looks like ours but is not (wrong function), or ours on a table that is not tracked.
+  select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
+         format('runs %s', g.tgfoid::regprocedure)
+  from pg_trigger g
+  join pg_class c on c.oid = g.tgrelid
+  join pg_namespace n on n.oid = c.relnamespace
+  where g.tgname like '\_900\_audit\_%'
+    and (g.tgfoid::regproc::text not like 'audit_private.%'
+         or not exists (select from audit_private.tables t
+                        where t.enabled and t.schema_name = n.nspname and t.table_name = c.relname))
+  union all
+  -- Months that should already have a partition.
+  select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
+         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), months_ahead)
+  from generate_series(audit_private.current_month(), audit_private.current_month() + make_interval(months => greatest(months_ahead, 0)), interval '1 month') as m
+  where not exists (select from pg_class where relname = audit_private.partition_name(m::date) and relnamespace = 'audit'::regnamespace)
+  union all
+  -- Rows waiting in the default partition.
+  select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
+  from audit.default_partition_months() d
+  union all
+  -- Finished days left unsealed (the worker seals each day about an hour after it ends).
+  select 'seal_overdue', 'audit.seals', format('finished days since %s are not sealed', s.first_unsealed)
+  from (select audit_private.seal_chain_start() as first_unsealed) s
+  where s.first_unsealed < (now() at time zone 'UTC')::date - 1
+$$;
+
+comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
+
+create or replace view audit.coverage as select * from audit.coverage_problems(1);
+comment on view audit.coverage is 'Problems in audit capture coverage with one month premade ahead; empty when healthy';
+comment on column audit.coverage.check_name is 'Which check found the problem';
+comment on column audit.coverage.object is 'The table, trigger or partition concerned';
+comment on column audit.coverage.problem is 'What is wrong';
+
+grant select on audit.coverage to cartop_auditor;
+grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+
+-- source: integrity/15_task_runs.sql
+-- What the worker's scheduled tasks did: one row per run, success or failure. /metrics reads it (the worker
+-- may run in another process than the API), and so can an operator: "when did the archive last succeed?".
+create table if not exists audit.task_runs (
+  id          bigint      generated always as identity primary key,
+  task        text        not null,
+  started_at  timestamptz not null,
+  finished_at timestamptz not null default clock_timestamp(),
+  succeeded   boolean     not null,
+  result      jsonb,
+  error       text,
+  constraint task_runs_failure_has_error check (succeeded or error is not null)
+);
+
+create index if not exists task_runs_task_idx on audit.task_runs (task, finished_at);
+
+comment on table audit.task_runs is 'One row per run of a scheduled worker task (partitions, summary, seals, coverage check, archive)';
+comment on column audit.task_runs.task is 'graphile-worker task identifier, e.g. audit__archive_partitions';
+comment on column audit.task_runs.result is 'What the run did or found, e.g. the coverage problems of audit__check_coverage';
+comment on column audit.task_runs.error is 'Why the run failed (the worker retries it with backoff)';
+
+revoke all on audit.task_runs from public;
+grant select on audit.task_runs to cartop_auditor;
+
+-- source: example/20_app.sql
+-- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
+-- Both tables are tracked; users.password_hash is excluded from the audit trail.
+
+create extension if not exists pgcrypto;
+create schema if not exists app;
+grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor;
+
+create table if not exists app.users (
+  id            uuid        primary key default gen_random_uuid(),
+  email         text        not null,
+  first_name    text        not null default '',
+  last_name     text        not null default '',
+  password_hash text,
+  created_at    timestamptz not null default now(),
+  updated_at    timestamptz not null default now(),
+  constraint users_email_valid check (email ~ '^[^@\s]+@[^@\s]+$')
+);
+create unique index if not exists users_email_unique on app.users (lower(email));
+comment on table app.users is 'Example application users';
+comment on column app.users.password_hash is 'bcrypt hash (pgcrypto crypt/gen_salt); never audited';
+
+create table if not exists app.products (
+  id         bigint        generated always as identity primary key,
+  name       text          not null,
+  price      numeric(12,2) not null check (price >= 0),
+  stock      integer       not null default 0 check (stock >= 0),
+  attributes jsonb         not null default '{}',
+  created_at timestamptz   not null default now(),
+  updated_at timestamptz   not null default now()
+);
+comment on table app.products is 'Example product catalogue';
+
+-- Hashes a password the way app.users stores it (bcrypt via pgcrypto).
+create or replace function app.hash_password(password text)
+  returns text
+  language sql
+  volatile
+  set search_path = pg_catalog, public, pg_temp
+as $$
+  select crypt(password, gen_salt('bf', 8))
+$$;
+
+create or replace function app.tg__touch_updated_at()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+
+drop trigger if exists _100_touch_updated_at on app.users;
+create trigger _100_touch_updated_at before update on app.users
+  for each row execute function app.tg__touch_updated_at();
+drop trigger if exists _100_touch_updated_at on app.products;
+create trigger _100_touch_updated_at before update on app.products
+  for each row execute function app.tg__touch_updated_at();
+
+grant select, insert, update, delete on app.users, app.products to cartop_user;
+grant select on app.products to cartop_anonymous;
+
+select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
+select audit.enable_tracking('app.products');
+
+-- The API's user mutations: the password arrives in clear over TLS, is hashed here, and neither it nor
+-- the hash is ever returned or audited (password_hash is excluded from tracking and hidden from GraphQL).
+create or replace function app.create_user(email text, first_name text default '', last_name text default '', password text default null)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  insert into app.users (email, first_name, last_name, password_hash)
+  values (email, coalesce(first_name, ''), coalesce(last_name, ''), case when password is not null then app.hash_password(password) end)
+  returning *
+$$;
+
+comment on function app.create_user(text, text, text, text) is 'Creates a user; the password is stored only as a bcrypt hash';
+
+create or replace function app.set_user_password(user_id uuid, password text)
+  returns app.users
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  update app.users set password_hash = app.hash_password(password) where id = user_id returning *
+$$;
+
+comment on function app.set_user_password(uuid, text) is 'Replaces a user''s password (stored only as a bcrypt hash)';
+
+revoke all on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) from public;
+grant execute on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) to cartop_user;
+grant usage on all sequences in schema app to cartop_user;
