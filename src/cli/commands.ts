@@ -10,6 +10,7 @@ import { runMigrations } from "../db/migrate.ts";
 import { startServer } from "../http/app.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
+import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { startWorker } from "../worker/worker.ts";
 import { printResult, printRows, progress, type OutputOptions } from "./output.ts";
 
@@ -254,7 +255,7 @@ export function buildProgram(): Command {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const sealed = await sealDays(pool, { archiveDir: config.archiveDir });
+        const sealed = await exclusively(pool, MAINTENANCE_LOCK, () => sealDays(pool, { archiveDir: config.archiveDir }));
         printRows(sealed.map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest })), options, "nothing to seal");
       });
     });
@@ -347,7 +348,8 @@ export function buildProgram(): Command {
     .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
     .addOption(jsonOption())
     .action(async (options: { olderThan?: number } & OutputOptions) => {
-      await withDatabase(async (pool, config) => {
+      // Waits for a worker's (or another CLI's) seal or archive run to finish first.
+      await withDatabase((pool, config) => exclusively(pool, MAINTENANCE_LOCK, async () => {
         const { rows } = await pool.query<{ month: string }>(
           "select to_char(m, 'YYYY-MM-DD') as month from audit.archivable_months($1) as m",
           [options.olderThan ?? config.retentionMonths]);
@@ -361,7 +363,7 @@ export function buildProgram(): Command {
           }
         }
         printRows(results.map((r) => ({ ...r })), options, "nothing to archive");
-      });
+      }));
     });
 
   partitions

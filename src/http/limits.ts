@@ -1,16 +1,20 @@
 // Limits on what one client may ask: request rate, document size and query depth.
 import type { NextFunction, Request, Response } from "express";
-import { rateLimit } from "express-rate-limit";
+import { rateLimit, type Store } from "express-rate-limit";
 import { GraphQLError, Kind, parse, type DefinitionNode, type SelectionSetNode } from "graphql";
 import { sendError } from "./identity.ts";
 
 export const MAX_DEPTH = 12;
 export const MAX_DOCUMENT_BYTES = 100_000;
 
-/** At most `perWindow` requests per client (IP) per window (a minute unless a test shortens it). */
-export function requestRate(perWindow: number, windowMs = 60_000) {
+/**
+ * At most `perWindow` requests per client (IP) per window (a minute unless a test shortens it), counted in
+ * `store` (shared by all instances; default: this process's memory).
+ */
+export function requestRate(perWindow: number, windowMs = 60_000, store?: Store) {
   return rateLimit({
     windowMs,
+    store,
     limit: perWindow,
     standardHeaders: "draft-7",
     legacyHeaders: false,
