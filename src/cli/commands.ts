@@ -16,6 +16,7 @@ import { projectRoot } from "../db/sourceSql.ts";
 import { startServer } from "../http/app.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
+import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { startWorker } from "../worker/worker.ts";
 import { phasedProgress, printResult, printRows, progress, snakeCase, type OutputOptions } from "./output.ts";
 import { recordRunning, runningFile, runningProject } from "./running.ts";
@@ -332,7 +333,7 @@ export async function buildProgram(): Promise<Command> {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       await withDatabase(async (pool, config) => {
-        const sealed = (await sealDays(pool, { store: openArchiveStore(config) })).map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest }));
+        const sealed = (await exclusively(pool, MAINTENANCE_LOCK, () => sealDays(pool, { store: openArchiveStore(config) }))).map(({ day, rows, seal_digest }) => ({ day, rows, seal_digest }));
         if (options.json || sealed.length <= SEAL_ROWS_LISTED) return printRows(sealed, options, "nothing to seal");
         // A backlog (the first run over a long trail) is one summary, not a line per day.
         const rows = sealed.reduce((sum, s) => sum + Number(s.rows), 0);
@@ -429,7 +430,8 @@ export async function buildProgram(): Promise<Command> {
     .option("--older-than <n>", "months (default AUDIT_RETENTION_MONTHS)", nonNegativeInteger)
     .addOption(jsonOption())
     .action(async (options: { olderThan?: number } & OutputOptions) => {
-      await withDatabase(async (pool, config) => {
+      // Waits for a worker's (or another CLI's) seal or archive run to finish first.
+      await withDatabase((pool, config) => exclusively(pool, MAINTENANCE_LOCK, async () => {
         const { archived, skipped } = await archiveDue(pool, {
           store: openArchiveStore(config), parquet: config.archiveParquet, olderThanMonths: options.olderThan ?? config.retentionMonths,
           onMonth: (label) => {
@@ -439,7 +441,7 @@ export async function buildProgram(): Promise<Command> {
         });
         for (const s of skipped) process.stderr.write(`not archived ${s.month}: ${s.reason}\n`);
         printRows(archived.map((r) => ({ ...r })), options, "nothing to archive");
-      });
+      }));
     });
 
   partitions

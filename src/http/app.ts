@@ -13,6 +13,7 @@ import { createLogger, withRequestContext, type Logger } from "../log.ts";
 import { createMetrics } from "../metrics.ts";
 import { identity, requestId, sendError } from "./identity.ts";
 import { documentChecks, MAX_DOCUMENT_BYTES, requestRate, responseSize } from "./limits.ts";
+import { PostgresRateLimitStore } from "./rateLimitStore.ts";
 
 export interface ServerOptions {
   /** Owner connection (introspection, health check). */
@@ -51,7 +52,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const apiPool = new pg.Pool({ connectionString: options.authenticatorUrl ?? options.databaseUrl, max: 10 });
   const ownerPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
   const healthPool = new pg.Pool({ connectionString: options.databaseUrl, max: 1 });
-  for (const pool of [apiPool, ownerPool, healthPool]) {
+  // One upsert per /graphql request (the shared rate limit); its own pool, so a slow scrape never delays it.
+  const limitsPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
+  for (const pool of [apiPool, ownerPool, healthPool, limitsPool]) {
     pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
     pool.on("connect", (client) => client.on("error", () => {}));
   }
@@ -92,6 +95,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
 
   const introspection = options.introspection ?? !options.production;
+  // Counted in the database, so that every instance of the API shares one limit per client (instances
+  // configured with the same limit and window share counters).
+  const windowMs = options.rateLimitWindowMs ?? 60_000;
+  const rateLimitStore = new PostgresRateLimitStore(limitsPool, `graphql:${config.rateLimitPerMinute}/${windowMs}:`);
   const pgl = postgraphile(makePreset({
     connectionString: options.authenticatorUrl ?? options.databaseUrl,
     pool: apiPool,
@@ -108,7 +115,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }));
 
   app.use("/graphql", countRefusedDocuments(() => metrics.countGraphqlError("request")));
-  app.use("/graphql", requestRate(config.rateLimitPerMinute, options.rateLimitWindowMs));
+  app.use("/graphql", requestRate(config.rateLimitPerMinute, windowMs, rateLimitStore));
   app.use("/graphql", express.json({ limit: MAX_DOCUMENT_BYTES }));
   app.use("/graphql", identity(config.jwtSecret));
   app.use("/graphql", documentChecks({ schema: async () => pgl.getSchema(), introspection }));
@@ -138,9 +145,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     async close() {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await pgl.release();
+      rateLimitStore.shutdown();
       await apiPool.end();
       await ownerPool.end();
       await healthPool.end();
+      await limitsPool.end();
     },
   };
 }

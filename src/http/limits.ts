@@ -1,7 +1,7 @@
 // Limits on what one client may ask: request rate, document size, query depth and cost, page sizes,
 // introspection, statement time and response size. Every refusal is a 4xx with a sentence saying what to change.
 import type { NextFunction, Request, Response } from "express";
-import { rateLimit } from "express-rate-limit";
+import { rateLimit, type Store } from "express-rate-limit";
 import {
   GraphQLError, Kind, getNamedType, isInterfaceType, isObjectType, parse,
   type DocumentNode, type FieldNode, type FragmentDefinitionNode, type GraphQLNamedType, type GraphQLSchema,
@@ -31,10 +31,14 @@ export const MAX_INTROSPECTION_DEPTH = 20;
 export const MAX_INTROSPECTION_FIELDS = 10;
 const introspectionLists = new Set(["types", "fields", "inputFields", "interfaces", "possibleTypes", "enumValues", "args", "directives"]);
 
-/** At most `perWindow` requests per client (IP) per window (a minute unless a test shortens it). */
-export function requestRate(perWindow: number, windowMs = 60_000) {
+/**
+ * At most `perWindow` requests per client (IP) per window (a minute unless a test shortens it), counted in
+ * `store` (shared by all instances; default: this process's memory).
+ */
+export function requestRate(perWindow: number, windowMs = 60_000, store?: Store) {
   return rateLimit({
     windowMs,
+    store,
     limit: perWindow,
     standardHeaders: "draft-7",
     legacyHeaders: false,

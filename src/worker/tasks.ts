@@ -5,11 +5,15 @@ import type pg from "pg";
 import { archiveDue } from "../archive/due.ts";
 import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
+import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { sealDays } from "../seals/seals.ts";
 
 /**
- * Schedule (UTC, graphile-worker crontab syntax). A job key means a run that is already queued is
- * replaced rather than duplicated; `fill` backfills a run missed while the worker was down.
+ * Schedule (UTC, graphile-worker crontab syntax). Every worker instance declares the same crontab;
+ * graphile-worker schedules each tick once (its known_crontabs table), whichever instances run.
+ * A job key means a run that is already queued is replaced rather than duplicated; a named queue per task
+ * (`queue`) means a task never runs twice at the same time, even when a new job for it was added while one
+ * ran on another instance; `fill` backfills a run missed while every worker was down.
  * - hourly at :05, keep AUDIT_PREMAKE_MONTHS months of partitions ahead;
  * - hourly at :10, summarise finished days for audit.activity_daily;
  * - hourly at :20, seal finished days (a day is sealed about an hour after it ends);
@@ -17,11 +21,11 @@ import { sealDays } from "../seals/seals.ts";
  * - daily at 03:15, seal, then archive months older than AUDIT_RETENTION_MONTHS.
  */
 export const crontab = [
-  "5 * * * * audit__ensure_partitions ?fill=2h&jobKey=audit__ensure_partitions&jobKeyMode=replace",
-  "10 * * * * audit__summarize_activity ?fill=2h&jobKey=audit__summarize_activity&jobKeyMode=replace",
-  "20 * * * * audit__seal_days ?fill=2h&jobKey=audit__seal_days&jobKeyMode=replace",
-  "*/10 * * * * audit__check_coverage ?jobKey=audit__check_coverage&jobKeyMode=replace",
-  "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace",
+  "5 * * * * audit__ensure_partitions ?fill=2h&jobKey=audit__ensure_partitions&jobKeyMode=replace&queue=audit__ensure_partitions",
+  "10 * * * * audit__summarize_activity ?fill=2h&jobKey=audit__summarize_activity&jobKeyMode=replace&queue=audit__summarize_activity",
+  "20 * * * * audit__seal_days ?fill=2h&jobKey=audit__seal_days&jobKeyMode=replace&queue=audit__seal_days",
+  "*/10 * * * * audit__check_coverage ?jobKey=audit__check_coverage&jobKeyMode=replace&queue=audit__check_coverage",
+  "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace&queue=audit__archive_partitions",
 ].join("\n");
 
 /** Every scheduled task, by name (metrics show each from the start, with zero runs). */
@@ -82,7 +86,7 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
       return { written: rows[0]!.written };
     }),
 
-    audit__seal_days: recorded(pool, "audit__seal_days", sealFinishedDays),
+    audit__seal_days: recorded(pool, "audit__seal_days", (helpers) => exclusively(pool, MAINTENANCE_LOCK, () => sealFinishedDays(helpers))),
 
     audit__check_coverage: recorded(pool, "audit__check_coverage", async (helpers) => {
       const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
@@ -91,7 +95,7 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
       return { problems: rows };
     }),
 
-    audit__archive_partitions: recorded(pool, "audit__archive_partitions", async (helpers) => {
+    audit__archive_partitions: recorded(pool, "audit__archive_partitions", (helpers) => exclusively(pool, MAINTENANCE_LOCK, async () => {
       const { sealed, archived, skipped } = await archiveDue(pool, {
         store: config.store, parquet: config.parquet, olderThanMonths: config.retentionMonths, sealBudgetSeconds: SEAL_BUDGET_SECONDS,
       });
@@ -99,6 +103,6 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
       for (const r of archived) helpers.logger.info(`archived ${r.month}: ${r.rows} rows → ${r.file}`);
       for (const s of skipped) helpers.logger.warn(`not archived ${s.month}: ${s.reason}`);
       return { archived: archived.map((r) => ({ month: r.month, rows: r.rows })), skipped };
-    }),
+    })),
   };
 }

@@ -40,7 +40,7 @@ export async function startWorker(databaseUrl: string, config: Config, logger: L
     });
     // Premake, seal and check coverage at start too (in that order), not only on the schedule.
     for (const task of ["audit__ensure_partitions", "audit__seal_days", "audit__check_coverage"]) {
-      await runner.addJob(task, {}, { jobKey: task, jobKeyMode: "replace" });
+      await runner.addJob(task, {}, { jobKey: task, jobKeyMode: "replace", queueName: task });
     }
   } catch (error) {
     await pool.end();

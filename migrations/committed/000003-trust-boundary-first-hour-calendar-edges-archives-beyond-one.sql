@@ -1,6 +1,6 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:05c22b706338b924f3bb462d48fab230ddd173d3
---! Message: calendar edges
+--! Hash: sha1:644ca026bd1799fd72ae65bf82b2cf749639e5ac
+--! Message: Trust boundary, first hour, calendar edges, archives beyond one machine, several instances
 
 -- source: triggers/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -22,7 +22,7 @@ begin
   if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_authenticator') then
     create role cartop_authenticator login noinherit;
   end if;
-  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor'] loop
+  foreach role_name in array array['cartop_anonymous', 'cartop_user', 'cartop_auditor', 'cartop_capture'] loop
     if not exists (select from pg_catalog.pg_roles where rolname = role_name) then
       execute format('create role %I nologin', role_name);
     end if;
@@ -30,13 +30,17 @@ begin
 end
 $$;
 
+-- cartop_capture owns the generated capture functions (security definer): it may append audit rows and read
+-- the tracking registry, nothing else. Never a superuser, never granted to a login (see SECURITY.md).
+alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
+
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
 grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
 
 -- Nobody but the owner creates objects in these schemas; readers get usage explicitly.
 revoke all on schema audit, audit_private from public;
 grant usage on schema audit to cartop_anonymous, cartop_user, cartop_auditor;
-grant usage on schema audit_private to cartop_user, cartop_auditor;
+grant usage on schema audit_private to cartop_user, cartop_auditor, cartop_capture;
 
 -- source: partitions/02_log_storage.sql
 -- Where audit rows are stored: one range-partitioned table, one partition per calendar month (UTC).
@@ -105,6 +109,11 @@ comment on table audit.log_default is
 -- Months are calendar months in UTC, whatever the server's TimeZone: the partition for 2026-11 holds
 -- created_at in [2026-11-01 00:00+00, 2026-12-01 00:00+00).
 
+-- Held (SHARE ROW EXCLUSIVE, which conflicts with itself) while partitions are created; holds no rows.
+create table if not exists audit_private.partition_maintenance ();
+revoke all on audit_private.partition_maintenance from public;
+comment on table audit_private.partition_maintenance is 'Lock only: serialises partition creation (no rows)';
+
 create or replace function audit_private.partition_name(month date)
   returns text
   language sql
@@ -146,7 +155,9 @@ as $$
 $$;
 
 -- Creates the partition for one month if it does not exist; returns its name.
--- Concurrent callers are serialised by an advisory lock, so two workers racing both succeed.
+-- Concurrent callers are serialised by a lock on audit_private.partition_maintenance, so two workers racing
+-- both succeed. (Not an advisory lock: any role can take one of those and stall partition upkeep; locking
+-- this table takes privileges only the owner has.)
 -- If the default partition already holds rows of that month, they are moved into the new partition in
 -- the same transaction: writers wait on the lock for that moment instead of failing, and no row is lost.
 create or replace function audit.create_partition(month date)
@@ -163,7 +174,7 @@ begin
   if month is null then
     raise exception 'audit.create_partition: month must not be null';
   end if;
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
   if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
     return part_name;
@@ -228,7 +239,7 @@ begin
     raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
   end if;
   -- The same lock as create_partition: a racing caller waits here, then finds the months made.
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:partitions'));
+  lock table audit_private.partition_maintenance in share row exclusive mode;
   for i in 0 .. months_ahead loop
     part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
     if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
@@ -497,52 +508,159 @@ as $$
   from unnest(masked_columns) as c
 $$;
 
--- TRUNCATE: one audit row for the statement, no entity. The table id is the trigger argument.
-create or replace function audit_private.tg__capture_truncate()
-  returns trigger
+-- The shared TRUNCATE capture of earlier versions; capture is now generated per table (capture_truncate_<id>).
+drop function if exists audit_private.tg__capture_truncate() cascade;
+drop function if exists audit_private.type_has_equality(text);
+
+-- How a column's values enter the trail, decided once per column from its type (domains looked through).
+-- The trail must be lossless and capture must never run code a table owner can define, so nothing here
+-- goes through a cast, a user operator or a domain CHECK (to_jsonb consults casts to json of user types;
+-- format('%s', v) runs only the type's output function):
+--   plain  built-in scalar types whose JSON is exact: bool and integers as JSON, numeric as a JSON number
+--          ("NaN", "Infinity" as strings), dates and times as ISO strings ("infinity" as is), everything
+--          else (text, uuid, bytea, bit, inet, built-in ranges, ...) as a JSON string of its text form
+--   float  float4/float8: a JSON number; "NaN", "Infinity", "-Infinity" and "-0" as strings
+--   array  an empty or one-dimensional array of plain elements with lower bound 1: a JSON array; any other array
+--          (bounds, dimensions, other elements) as a JSON string of its text form ("[0:1]={1,2}")
+--   jsonb  an object or array as itself; a scalar (null, true, 1, "s") as a JSON string of its text
+--          ("null", "true", "1", "\"s\""), so JSON null stays distinct from SQL NULL (null)
+--   text   json (its exact text: spacing, key order, duplicate keys), enums, composites, user-defined and
+--          extension types, arrays of them: a JSON string of the text form
+-- SQL NULL is always JSON null. README "Values in the trail" documents the mapping and how to decode it.
+-- A type with its domains looked through.
+create or replace function audit_private.base_type(type_oid oid)
+  returns oid
   language plpgsql
-  security definer
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  _ctx audit_private.context := audit_private.current_context();
+  t pg_type;
 begin
-  insert into audit_private.log_entries (created_at, tx_id, table_id, action,
-    user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
-  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T',
-    _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
-    _ctx.db_user, _ctx.application_name);
-  return null;
+  select * into t from pg_type where oid = type_oid;
+  while t.typtype = 'd' loop
+    select * into t from pg_type where oid = t.typbasetype;
+  end loop;
+  return t.oid;
 end
 $$;
 
--- Whether values of a type can be compared with IS DISTINCT FROM (json, xml, point... cannot).
-create or replace function audit_private.type_has_equality(type_name text)
-  returns boolean
+create or replace function audit_private.value_kind(type_oid oid)
+  returns text
   language plpgsql
-  volatile
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  t pg_type;
+  element oid;
 begin
-  execute format('select null::%s is distinct from null::%1$s', type_name);
-  return true;
-exception when undefined_function then
-  return false;
+  select * into t from pg_type where oid = audit_private.base_type(type_oid);
+  -- Types created after initdb (by users or extensions) and non-base types: only their text form is safe.
+  if t.oid >= 16384 or t.typtype <> 'b' or t.typrelid <> 0 then
+    return 'text';
+  end if;
+  if t.oid = 'jsonb'::regtype then
+    return 'jsonb';
+  end if;
+  if t.oid = 'json'::regtype then
+    return 'text';
+  end if;
+  if t.oid in ('float4'::regtype, 'float8'::regtype) then
+    return 'float';
+  end if;
+  select e.oid into element from pg_type e where e.typarray = t.oid;
+  if element is not null then
+    return case when audit_private.value_kind(element) = 'plain' then 'array' else 'text' end;
+  end if;
+  return 'plain';
 end
 $$;
 
--- SQL for "this row as audited JSON": excluded columns removed, masked ones replaced. `row_alias` is a
--- row of the table (or of a subquery whose extra columns are listed in `extra_columns`).
-create or replace function audit_private.row_json_sql(tracked audit_private.tables, row_alias text, extra_columns text[] default '{}')
+-- SQL for the trail value of column `column_name` of row `row_alias`, by value_kind.
+create or replace function audit_private.value_sql(row_alias text, column_name text, kind text)
   returns text
   language sql
   immutable
 as $$
-  select format('to_jsonb(%s)', row_alias)
-    || case when cardinality(extra_columns || tracked.excluded_columns) > 0
-         then format(' - %L::text[]', extra_columns || tracked.excluded_columns) else '' end
-    || case when cardinality(tracked.masked_columns) > 0
-         then format(' || %L::jsonb', audit_private.masked_object(tracked.masked_columns)) else '' end
+  select case kind
+    when 'plain' then format('%I.%I', row_alias, column_name)
+    when 'float' then format(
+      'case when %1$I.%2$I = 0 and format(''%%s'', %1$I.%2$I) = ''-0'' then ''"-0"''::jsonb else to_jsonb(%1$I.%2$I) end',
+      row_alias, column_name)
+    when 'array' then format(
+      'case when coalesce(array_ndims(%1$I.%2$I), 1) = 1 and coalesce(array_lower(%1$I.%2$I, 1), 1) = 1 then to_jsonb(%1$I.%2$I)
+            else to_jsonb(format(''%%s'', %1$I.%2$I)) end',
+      row_alias, column_name)
+    when 'jsonb' then format(
+      'case when jsonb_typeof(%1$I.%2$I) in (''object'', ''array'') then %1$I.%2$I
+            when %1$I.%2$I is not null then to_jsonb(format(''%%s'', %1$I.%2$I)) end',
+      row_alias, column_name)
+    else format('case when num_nulls(%1$I.%2$I) = 0 then to_jsonb(format(''%%s'', %1$I.%2$I)) end', row_alias, column_name)
+  end
+$$;
+
+-- SQL for "this column differs between rows o and n". Types whose equality is identity compare with it (no
+-- user code: their operators are built in); every other type compares its text form, which is lossless
+-- (1.0 vs 1.00, -0 vs 0, 'a' vs 'A' under a case-insensitive collation all count as changes) and runs
+-- no user operator.
+create or replace function audit_private.changed_sql(column_name text, type_oid oid, collation_oid oid)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case
+    when type_oid in ('bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype,
+                      'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)
+      or (type_oid in ('text'::regtype, 'varchar'::regtype)
+          and coalesce((select collisdeterministic from pg_collation where oid = collation_oid), true))
+      then format('o.%1$I is distinct from n.%1$I', column_name)
+    else format('((o.%1$I is null) <> (n.%1$I is null) or format(''%%s'', o.%1$I) <> format(''%%s'', n.%1$I))', column_name)
+  end
+$$;
+
+-- The audited columns of a table, in order, with what capture needs to know about each.
+create or replace function audit_private.audited_columns(tracked audit_private.tables, target regclass)
+  returns table (name text, kind text, changed_sql text, masked boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select a.attname::text, audit_private.value_kind(a.atttypid),
+         audit_private.changed_sql(a.attname::text, a.atttypid, a.attcollation),
+         a.attname::text = any (tracked.masked_columns)
+  from pg_attribute a
+  where a.attrelid = target and a.attnum > 0 and not a.attisdropped
+    and a.attname::text <> all (tracked.excluded_columns)
+  order by a.attnum
+$$;
+
+-- jsonb_build_object over (key, value SQL) pairs, in chunks: a function takes at most 100 arguments.
+create or replace function audit_private.build_object_sql(pairs text[])
+  returns text
+  language sql
+  immutable
+as $$
+  select coalesce(string_agg(format('jsonb_build_object(%s)', chunk), ' || ' order by n), '''{}''::jsonb')
+  from (
+    select (ord - 1) / 50 as n, string_agg(pair, ', ' order by ord) as chunk
+    from unnest(pairs) with ordinality as p(pair, ord)
+    group by 1
+  ) c
+$$;
+
+-- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced), from row `row_alias`.
+create or replace function audit_private.row_json_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select audit_private.build_object_sql(array_agg(
+           format('%L, %s', c.name, case when c.masked then 'audit_private.masked_value()'
+                                         else audit_private.value_sql(row_alias, c.name, c.kind) end)))
+  from audit_private.audited_columns(tracked, target) c
 $$;
 
 -- SQL for the entity id, read from audited JSON in `json_sql` (and, for UPDATE, from `delta_sql` first,
@@ -566,48 +684,84 @@ as $$
   end
 $$;
 
--- SQL for the UPDATE delta: the new values of the columns that changed, each compared with its own
--- type's equality (as text where the type has none); masked columns get the mask instead of a value.
+-- SQL for the UPDATE delta: the new values of the columns that changed; masked columns get the mask.
 create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
   returns text
-  language plpgsql
-  volatile
+  language sql
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
-declare
-  terms text[] := '{}';
-  col record;
-  cast_suffix text;
-begin
-  for col in
-    select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type_name
-    from pg_attribute a
-    where a.attrelid = target and a.attnum > 0 and not a.attisdropped
-      and a.attname <> all (tracked.excluded_columns)
-    order by a.attnum
-  loop
-    cast_suffix := case when audit_private.type_has_equality(col.type_name) then '' else '::text' end;
-    terms := terms || format(
-      'case when o.%1$I%2$s is distinct from n.%1$I%2$s then %3$s else ''{}''::jsonb end',
-      col.name, cast_suffix,
-      case when col.name = any (tracked.masked_columns)
-        then format('jsonb_build_object(%L, audit_private.masked_value())', col.name)
-        else format('jsonb_build_object(%L, n.%I)', col.name, col.name)
-      end);
-  end loop;
-  return array_to_string(terms, E'\n          || ');
-end
+  select coalesce(string_agg(format('case when %s then jsonb_build_object(%L, %s) else ''{}''::jsonb end',
+                                    c.changed_sql, c.name,
+                                    case when c.masked then 'audit_private.masked_value()'
+                                         else audit_private.value_sql('n', c.name, c.kind) end),
+                             E'\n          || '), '''{}''::jsonb')
+  from audit_private.audited_columns(tracked, target) c
 $$;
 
--- Writes one generated capture function: the shared prologue (context read once per statement) around
--- the statement-specific INSERT ... SELECT.
-create or replace function audit_private.write_capture_function(function_name text, target regclass, capture_sql text)
+-- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
+-- AFTER, FOR EACH STATEMENT, one event) and transition tables. Guards and checks compare against this.
+create or replace function audit_private.expected_capture_triggers(table_id integer)
+  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text)
+  language sql
+  immutable
+  parallel safe
+as $$
+  values ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'insert'),
+         ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'update'),
+         ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'delete'),
+         ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'truncate')
+$$;
+
+-- Each expected capture trigger of a table and whether it is in place exactly (right name, function, events,
+-- transition tables, no WHEN, no arguments) and enabled.
+create or replace function audit_private.capture_trigger_state(table_id integer, target regclass)
+  returns table (trigger_name text, installed boolean, enabled boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select x.trigger_name, g.oid is not null, coalesce(g.tgenabled <> 'D', false)
+  from audit_private.expected_capture_triggers(table_id) x
+  left join pg_trigger g
+    on g.tgrelid = target and g.tgname = x.trigger_name
+   and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name))
+   and g.tgtype = x.trigger_type and g.tgqual is null and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and g.tgoldtable is not distinct from x.old_table and g.tgnewtable is not distinct from x.new_table
+$$;
+
+-- Writes one generated capture function, owned by cartop_capture (security definer as that role: it can
+-- append audit rows and read the registry, nothing else) and executable by nobody else. It records only
+-- when fired, AFTER, once per statement, for its event, on the table it was generated for (renames
+-- regenerate it), so attaching it anywhere else records nothing and fails the write.
+-- Names and values reach the generated SQL only through %I and %L, and the body is passed as a quoted
+-- literal (no dollar quoting a name could close). Settings that change how values print are pinned.
+create or replace function audit_private.write_capture_function(function_name text, tracked audit_private.tables, event text, capture_sql text)
   returns void
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  body text;
 begin
+  body := format($template$
+    -- Generated by audit.enable_tracking for audit_private.tables id %1$s; rewritten on every enable_tracking, do not edit.
+    declare
+      _ctx audit_private.context;
+      _at timestamptz := statement_timestamp();
+      _tx bigint := txid_current();
+    begin
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> %2$L or tg_table_schema <> %3$L or tg_table_name <> %4$L then
+        raise exception 'audit_private.%5$s: generated for %% on %%.%%, fired %% %% on %%.%%', %2$L, %3$L, %4$L, tg_when, tg_op, tg_table_schema, tg_table_name
+          using errcode = 'insufficient_privilege',
+                hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
+      end if;
+      _ctx := audit_private.current_context();
+      %6$s;
+      return null;
+    end
+  $template$, tracked.id, upper(event), tracked.schema_name, tracked.table_name, function_name, capture_sql);
   execute format($template$
     create or replace function audit_private.%1$I()
       returns trigger
@@ -618,30 +772,28 @@ begin
       -- and the UPDATE pairing would sort on disk with the default work_mem.
       set jit = off
       set work_mem = '64MB'
-    as $function$
-    -- Generated by audit.enable_tracking for %2$s; rewritten on every enable_tracking, do not edit.
-    declare
-      _ctx audit_private.context := audit_private.current_context();
-      _at timestamptz := statement_timestamp();
-      _tx bigint := txid_current();
-    begin
-      %3$s;
-      return null;
-    end
-    $function$
-  $template$, function_name, target, capture_sql);
+      -- Values print the same whatever the writing session's settings (the trail holds text forms).
+      set datestyle = 'ISO, YMD'
+      set intervalstyle = 'postgres'
+      set extra_float_digits = 1
+      set bytea_output = 'hex'
+      set lc_monetary = 'C'
+    as %2$L
+  $template$, function_name, body);
+  execute format('alter function audit_private.%I() owner to cartop_capture', function_name);
+  execute format('revoke all on function audit_private.%I() from public', function_name);
 end
 $$;
 
--- Writes the INSERT, UPDATE and DELETE capture functions of one tracked table. Everything known about the
--- table is baked in: its id, key, columns, exclusions and masks, so a statement does no lookups.
+-- Writes the INSERT, UPDATE, DELETE and TRUNCATE capture functions of one tracked table. Everything known
+-- about the table is baked in: its id, name, key, columns, exclusions and masks, so a statement does no lookups.
 --
 -- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
 -- new values of the changed columns. Old and new rows are paired by their position in the transition
 -- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
 -- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
 -- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
--- evaluating to_jsonb once per reference instead of once per row.
+-- building the JSON once per reference instead of once per row.
 create or replace function audit_private.write_capture_functions(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
@@ -657,12 +809,12 @@ declare
   update_select text;
 begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
-    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
+    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, op.name, format(
       '%s
       select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
-      from (select %s as row_data from %s t offset 0) r',
+      from (select %s as row_data from %I t offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
-      audit_private.row_json_sql(tracked, 't'), op.transition));
+      audit_private.row_json_sql(tracked, target, 't'), op.transition));
   end loop;
 
   -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
@@ -671,55 +823,75 @@ begin
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
-  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), target, format(
+  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), tracked, 'update', format(
     -- One row (what an API sends): pair the two rows directly. Setting up the general pairing (two window
     -- functions and a join) on every statement made single-row UPDATEs ~25% slower.
     'if (select count(*) from (select from old_rows limit 2) s) = 1 then
       %1$s
       %2$s
-      from (select %3$s as row_data, %5$s as delta from old_rows o, new_rows n offset 0) c
+      from (select %3$s as row_data, %4$s as delta from old_rows o, new_rows n offset 0) c
       where c.delta <> ''{}''::jsonb;
     else
       %1$s
       %2$s
       from (
-        select %4$s as row_data,
-          %5$s as delta
+        select %3$s as row_data,
+          %4$s as delta
         from (select row_number() over () as audit_ordinal__, t.* from old_rows t) o
         full join (select row_number() over () as audit_ordinal__, t.* from new_rows t) n using (audit_ordinal__)
         offset 0
       ) c
       where c.delta <> ''{}''::jsonb;
     end if',
-    insert_columns, update_select, audit_private.row_json_sql(tracked, 'o'),
-    audit_private.row_json_sql(tracked, 'o', '{audit_ordinal__}'), audit_private.delta_sql(tracked, target)));
+    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target)));
+
+  -- TRUNCATE: one audit row for the statement, no entity.
+  perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, 'truncate', format(
+    '%s
+      values (_at, _tx, %s, %L, null, null, null, null, %s)',
+    insert_columns, tracked.id, 'T', context_values));
 end
 $$;
 
--- (Re)creates the capture triggers of one tracked table from its registry row.
+-- (Re)creates the capture triggers of one tracked table from its registry row. CREATE OR REPLACE TRIGGER:
+-- nothing is dropped (so no DROP TRIGGER event to tell apart from an attack), a disabled trigger comes back
+-- enabled, a look-alike under our name is replaced.
 create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
-  -- Tells the DROP TRIGGER event trigger that these drops are ours (restored when the function returns).
-  set audit_private.attaching = 'on'
 as $$
+declare
+  x record;
+  rel record;
 begin
+  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   perform audit_private.write_capture_functions(tracked, target);
-  perform audit_private.detach_capture(target);
-  execute format('create trigger _900_audit_insert after insert on %s referencing new table as new_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_insert_%s', tracked.id));
-  execute format('create trigger _900_audit_update after update on %s referencing old table as old_rows new table as new_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_update_%s', tracked.id));
-  execute format('create trigger _900_audit_delete after delete on %s referencing old table as old_rows
-                    for each statement execute function audit_private.%I()', target, format('capture_delete_%s', tracked.id));
-  execute format('create trigger _900_audit_truncate after truncate on %s
-                    for each statement execute function audit_private.tg__capture_truncate(%L)', target, tracked.id);
+  for x in select * from audit_private.expected_capture_triggers(tracked.id) loop
+    execute format('create or replace trigger %I after %s on %I.%I %s for each statement execute function audit_private.%I()',
+      x.trigger_name, x.event, rel.nspname, rel.relname,
+      case when x.old_table is null and x.new_table is null then ''
+           else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
+                              || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
+      x.function_name);
+  end loop;
+  -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
+  -- twice: remove it, now that the real ones are in place.
+  for x in
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
+                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+  loop
+    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
+  end loop;
 end
 $$;
 
-create or replace function audit_private.detach_capture(target regclass)
+-- Removes the capture triggers of a table (by what they are, whatever their name: any trigger running one
+-- of its capture functions or holding a capture trigger's name).
+create or replace function audit_private.detach_capture(table_id integer, target regclass)
   returns void
   language plpgsql
   volatile
@@ -727,21 +899,31 @@ create or replace function audit_private.detach_capture(target regclass)
 as $$
 declare
   trigger_name text;
+  rel record;
 begin
+  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   for trigger_name in
-    select tgname from pg_trigger
-    where tgrelid = target and tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+    select g.tgname from pg_trigger g
+    where g.tgrelid = target and not g.tgisinternal
+      and exists (select from audit_private.expected_capture_triggers(table_id) x
+                  where g.tgname = x.trigger_name or g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
   loop
-    execute format('drop trigger %I on %s', trigger_name, target);
+    execute format('drop trigger %I on %I.%I', trigger_name, rel.nspname, rel.relname);
   end loop;
 end
 $$;
+drop function if exists audit_private.detach_capture(regclass);
 
--- Starts (or re-configures) auditing of a table. Idempotent: calling it again replaces the options.
+-- Starts (or re-configures) auditing of a table. Idempotent: calling it again sets the options given, but
+-- never weakens a protection by accident: while the table is tracked, a column excluded before must stay
+-- excluded and a column masked before must stay masked or become excluded, unless drop_protections is true
+-- (what reached the append-only trail can never be taken back).
+drop function if exists audit.enable_tracking(regclass, text[], text[]);
 create or replace function audit.enable_tracking(
   target regclass,
   excluded_columns text[] default '{}',
-  masked_columns text[] default '{}'
+  masked_columns text[] default '{}',
+  drop_protections boolean default false
 )
   returns void
   language plpgsql
@@ -753,6 +935,9 @@ declare
   key_columns text[];
   unknown text[];
   tracked audit_private.tables;
+  previous audit_private.tables;
+  unexcluded text[];
+  unmasked text[];
 begin
   if target is null then
     raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
@@ -760,7 +945,7 @@ begin
   excluded_columns := coalesce(excluded_columns, '{}');
   masked_columns := coalesce(masked_columns, '{}');
 
-  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition
+  select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition, c.relpersistence
     into rel
   from pg_class c join pg_namespace n on n.oid = c.relnamespace
   where c.oid = target;
@@ -770,6 +955,10 @@ begin
   end if;
   if rel.relispartition then
     raise exception 'audit.enable_tracking: % is a partition; track its partitioned parent instead', target
+      using errcode = 'wrong_object_type';
+  end if;
+  if rel.relpersistence = 't' then
+    raise exception 'audit.enable_tracking: % is a temporary table; only permanent tables can be tracked', target
       using errcode = 'wrong_object_type';
   end if;
   if rel.schema_name in ('audit', 'audit_private') then
@@ -804,6 +993,22 @@ begin
       using errcode = 'invalid_parameter_value';
   end if;
 
+  select * into previous from audit_private.tables t
+  where t.schema_name = rel.schema_name and t.table_name = rel.table_name and t.enabled;
+  if previous.id is not null and not coalesce(drop_protections, false) then
+    select array_agg(c order by c) into unexcluded from unnest(previous.excluded_columns) c where c <> all (excluded_columns);
+    select array_agg(c order by c) into unmasked from unnest(previous.masked_columns) c where c <> all (masked_columns || excluded_columns);
+    if unexcluded is not null or unmasked is not null then
+      raise exception 'audit.enable_tracking: % would no longer %', target,
+        concat_ws(' and ',
+          'exclude ' || array_to_string(unexcluded, ', '),
+          'mask ' || array_to_string(unmasked, ', '))
+        using errcode = 'invalid_parameter_value',
+              detail = format('Now excluded: %s; masked: %s.', previous.excluded_columns, previous.masked_columns),
+              hint = 'Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on.';
+    end if;
+  end if;
+
   insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
   values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
   on conflict (schema_name, table_name) do update
@@ -818,8 +1023,8 @@ begin
 end
 $$;
 
-comment on function audit.enable_tracking(regclass, text[], text[]) is
-  'Starts auditing a table (idempotent; a second call replaces excluded and masked columns)';
+comment on function audit.enable_tracking(regclass, text[], text[], boolean) is
+  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion or mask unless drop_protections)';
 
 -- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
 -- still there) and the generated functions. The audit rows stay, and so does the registry row.
@@ -838,10 +1043,10 @@ begin
   returning * into tracked;
   target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
   if target is not null then
-    perform audit_private.detach_capture(target);
+    perform audit_private.detach_capture(tracked.id, target);
   end if;
-  execute format('drop function if exists audit_private.%I(), audit_private.%I(), audit_private.%I()',
-    format('capture_insert_%s', tracked.id), format('capture_update_%s', tracked.id), format('capture_delete_%s', tracked.id));
+  execute (select string_agg(format('drop function if exists audit_private.%I()', x.function_name), '; ')
+           from audit_private.expected_capture_triggers(tracked.id) x);
 end
 $$;
 
@@ -890,7 +1095,7 @@ $$;
 
 comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
 
-revoke all on function audit.enable_tracking(regclass, text[], text[]) from public;
+revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) from public;
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
@@ -909,14 +1114,13 @@ select
   t.updated_at
 from audit_private.tables t
 left join lateral (
-  select count(*)::integer as installed, count(*) filter (where g.tgenabled <> 'D')::integer as active
-  from pg_trigger g
-  where g.tgrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
-    and g.tgname in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate')
+  select count(*) filter (where s.installed)::integer as installed,
+         count(*) filter (where s.installed and s.enabled)::integer as active
+  from audit_private.capture_trigger_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
-  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist and are enabled';
+  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist exactly as installed (function, events, transition tables) and are enabled';
 
 -- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
 -- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
@@ -944,8 +1148,7 @@ begin
     from audit_private.tables t
     where t.enabled and exists (
       select from pg_trigger g
-      where g.tgrelid = target and g.tgname = '_900_audit_insert'
-        and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
+      where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
       return;
     end if;
@@ -973,31 +1176,78 @@ begin
 end
 $$;
 
+-- A trigger created or renamed on a tracked table (ddl_command_end of CREATE TRIGGER / ALTER TRIGGER):
+-- capture triggers are what audit_private.expected_capture_triggers says, under their own names. Renaming
+-- one, replacing one with something else, or attaching a capture function under another name is refused,
+-- so capture cannot be moved out of the way and dropped without trace.
+create or replace function audit_private.check_trigger(trigger_oid oid)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  g pg_trigger;
+  tracked_id integer;
+begin
+  select * into g from pg_trigger where oid = trigger_oid;
+  select t.id into tracked_id
+  from audit_private.tables t
+  join pg_class c on c.relname = t.table_name
+  join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
+  where c.oid = g.tgrelid and t.enabled;
+  if tracked_id is null then
+    return; -- untracked tables are none of our business (audit.coverage reports look-alikes there)
+  end if;
+  if exists (select from audit_private.expected_capture_triggers(tracked_id) x
+             where x.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
+     or exists (select from audit_private.capture_trigger_state(tracked_id, g.tgrelid) s
+                where s.trigger_name = g.tgname and not s.installed) then
+    raise exception 'cartop-audit: trigger % on % is not the capture trigger of this tracked table; capture triggers cannot be renamed, replaced or copied',
+      g.tgname, g.tgrelid::regclass
+      using errcode = 'object_in_use',
+            hint = format('To stop auditing the table: select audit.disable_tracking(%L)', g.tgrelid::regclass);
+  end if;
+end
+$$;
+
 create or replace function audit_private.tg__refresh_after_ddl()
   returns event_trigger
   language plpgsql
+  -- Runs for every role's DDL: as its owner, so a role without access to audit_private can still ALTER its
+  -- own (untracked or temporary) tables. It reads only catalogs and the registry, and regenerates capture
+  -- for tracked tables; it evaluates nothing a table owner can define.
+  security definer
   set search_path = pg_catalog, pg_temp
 as $$
 declare
   cmd record;
 begin
   for cmd in
-    select distinct objid from pg_event_trigger_ddl_commands()
-    where classid = 'pg_class'::regclass and object_type in ('table', 'table column')
+    select distinct classid, objid from pg_event_trigger_ddl_commands()
+    where (classid = 'pg_class'::regclass and object_type in ('table', 'table column')) or classid = 'pg_trigger'::regclass
   loop
-    perform audit_private.refresh_tracking(cmd.objid::regclass);
+    if cmd.classid = 'pg_trigger'::regclass then
+      perform audit_private.check_trigger(cmd.objid);
+    elsif exists (select from pg_class c where c.oid = cmd.objid and c.relpersistence <> 't') then
+      perform audit_private.refresh_tracking(cmd.objid::regclass);
+    end if;
   end loop;
 end
 $$;
 
 -- A capture trigger dropped from a table that is still tracked is put back at once, with a warning: the
--- way to stop auditing a table is audit.disable_tracking, which unregisters it first. (A superuser can
--- still get around this with session_replication_role = replica; audit.coverage and the seals see that.)
--- A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being tracked, with a notice:
--- its audit history stays.
+-- way to stop auditing a table is audit.disable_tracking, which unregisters it first. Which triggers are
+-- capture triggers is decided by what they are (audit_private.capture_trigger_state), not by the name the
+-- dropped one had. A tracked table that is dropped (DROP TABLE, DROP SCHEMA … CASCADE) stops being
+-- tracked, with a notice: its audit history stays.
+-- A superuser can still write unaudited (session_replication_role = replica silences triggers and event
+-- triggers alike, and can drop these): no check can see a write that never reached the trail. Superusers
+-- are trusted (SECURITY.md); audit.coverage shows capture triggers left missing or disabled afterwards.
 create or replace function audit_private.tg__capture_after_drop()
   returns event_trigger
   language plpgsql
+  security definer -- as tg__refresh_after_ddl: every role's DROP passes through here
   set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -1005,17 +1255,12 @@ declare
   target regclass;
   tracked_id integer;
 begin
-  if current_setting('audit_private.attaching', true) = 'on' then
-    return; -- attach_capture replacing its own triggers
-  end if;
   for dropped in
     select distinct o.object_type, o.address_names[1] as schema_name, o.address_names[2] as table_name
     from pg_event_trigger_dropped_objects() o
     -- Tables however they went (DROP SCHEMA … CASCADE drops them as dependents); triggers only when dropped
     -- themselves, not along with their table.
-    where o.object_type = 'table'
-       or (o.object_type = 'trigger' and o.original
-           and o.address_names[3] in ('_900_audit_insert', '_900_audit_update', '_900_audit_delete', '_900_audit_truncate'))
+    where (o.object_type = 'table' and not o.is_temporary) or (o.object_type = 'trigger' and o.original)
   loop
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
@@ -1026,6 +1271,8 @@ begin
       perform audit_private.end_tracking(tracked_id);
     else
       target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+      continue when target is null
+        or not exists (select from audit_private.capture_trigger_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
         using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
       perform audit_private.refresh_tracking(target);
@@ -1033,6 +1280,13 @@ begin
   end loop;
 end
 $$;
+
+-- The machinery changes capture: only its owner (and the event triggers, running as it) calls it.
+revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__capture_after_drop(),
+  audit_private.check_trigger(oid), audit_private.refresh_tracking(regclass), audit_private.end_tracking(integer),
+  audit_private.attach_capture(audit_private.tables, regclass), audit_private.detach_capture(integer, regclass),
+  audit_private.write_capture_functions(audit_private.tables, regclass),
+  audit_private.write_capture_function(text, audit_private.tables, text, text) from public;
 
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
 -- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
@@ -1042,7 +1296,7 @@ begin
   if (select rolsuper from pg_roles where rolname = current_user) then
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
-      when tag in ('ALTER TABLE')
+      when tag in ('ALTER TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop
@@ -1152,10 +1406,21 @@ comment on column audit.log.metadata is 'Setting audit.metadata (a JSON object);
 comment on column audit.log.db_user is 'Database role that made the change (after SET ROLE)';
 comment on column audit.log.application_name is 'application_name of the writing session';
 
--- Who may read: auditors everything, users their own activity, anonymous nothing.
-grant select on audit.log, audit.tracked_tables to cartop_user, cartop_auditor;
-grant select on audit_private.log_entries, audit_private.tables to cartop_user, cartop_auditor;
+-- Who may read: auditors everything, users their own activity, anonymous nothing. Users read the registry
+-- only as far as audit.log needs it (which table an audit row belongs to), not its options.
+grant select on audit.log to cartop_user, cartop_auditor;
+grant select on audit.tracked_tables to cartop_auditor;
+revoke select on audit.tracked_tables from cartop_user;
+grant select on audit_private.log_entries, audit_private.tables to cartop_auditor;
+grant select on audit_private.log_entries to cartop_user;
+revoke select on audit_private.tables from cartop_user;
+grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
+
+-- Capture (functions owned by cartop_capture) appends rows and reads the registry; nothing else.
+grant insert on audit_private.log_entries to cartop_capture;
+grant usage on sequence audit_private.log_id_seq to cartop_capture;
+grant select on audit_private.tables to cartop_capture;
 
 alter table audit_private.log_entries enable row level security;
 
@@ -1163,9 +1428,32 @@ drop policy if exists auditor_reads_all on audit_private.log_entries;
 create policy auditor_reads_all on audit_private.log_entries
   for select to cartop_auditor using (true);
 
+drop policy if exists capture_appends on audit_private.log_entries;
+create policy capture_appends on audit_private.log_entries
+  for insert to cartop_capture with check (true);
+
+-- Whose rows "their own activity" is. Any session can set audit.user_id, so it is believed only from a
+-- login that could read every row anyway: the API's login cartop_authenticator (a member of cartop_auditor,
+-- which sets it from a verified JWT on every request), a superuser, or the owner of the trail (the
+-- migrating role, which the API uses when AUTHENTICATOR_DATABASE_URL is unset). For such a login the
+-- setting only narrows what it sees. Any other SQL login reads the rows recorded under its login name.
+create or replace function audit_private.reader_user_id()
+  returns text
+  language sql
+  stable
+  parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case when exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+                or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
+                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER')
+              then audit_private.setting('audit.user_id')
+              else session_user::text end
+$$;
+
 drop policy if exists user_reads_own on audit_private.log_entries;
 create policy user_reads_own on audit_private.log_entries
-  for select to cartop_user using (user_id = audit_private.setting('audit.user_id'));
+  for select to cartop_user using (user_id = audit_private.reader_user_id());
 
 -- source: partitions/08_premake.sql
 -- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
@@ -1202,10 +1490,18 @@ create table if not exists audit.archives (
   constraint archives_exported_has_manifest check (status = 'exporting' or (rows is not null and sha256 is not null and file_name is not null))
 );
 
+-- Added with archives in object storage and Parquet copies (migrations replay this file: idempotent).
+alter table audit.archives add column if not exists location text;
+alter table audit.archives add column if not exists parquet_file text;
+alter table audit.archives add column if not exists parquet_sha256 text;
+alter table audit.archives add column if not exists parquet_bytes bigint;
+
 comment on table audit.archives is 'One row per archived (or restored) month of the audit trail: the state of its archive and its manifest';
 comment on column audit.archives.status is 'exporting → exported → verified → detached → archived; restored once brought back';
 comment on column audit.archives.sha256 is 'SHA-256 of the compressed archive file';
 comment on column audit.archives.rows is 'Audit rows in the month (and in the file)';
+comment on column audit.archives.location is 'The archive store the month was written to (AUDIT_ARCHIVE_URL at export time)';
+comment on column audit.archives.parquet_sha256 is 'SHA-256 of the month''s Parquet copy (parquet/month=YYYY-MM/…), when one was written';
 
 grant select on audit.archives to cartop_auditor;
 
@@ -1450,7 +1746,8 @@ declare
   today date := (now() at time zone 'UTC')::date;
   added integer;
 begin
-  perform pg_advisory_xact_lock(hashtext('cartop-audit:activity-summary'));
+  -- A table lock, not an advisory lock (any role could take that key and stall the summary).
+  lock table audit_private.activity_summary_state in share row exclusive mode;
   live_from := audit_private.activity_live_from();
   if live_from >= (today::timestamp at time zone 'UTC') then
     return 0;
@@ -1535,6 +1832,48 @@ grant select on audit.changes to cartop_user, cartop_auditor;
 -- Counts cover everybody's activity: auditors only.
 grant select on audit.activity_daily, audit_private.activity_summary, audit_private.activity_summary_state to cartop_auditor;
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
+
+-- A row of the trail (old_value, new_value, row_as_of) back as a row of its table, exactly: decodes the
+-- mapping of audit_private.value_kind (README "Values in the trail"). Excluded columns come back null,
+-- masked ones fail to decode unless text-like. Decode with the table's row type as it was when the row was
+-- written. security invoker: the caller's casts and domain checks are the caller's business.
+create or replace function audit.row_from_trail(row_type anyelement, trail jsonb)
+  returns anyelement
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  type_relid oid := (select typrelid from pg_type where oid = pg_typeof(row_type));
+  fields text;
+  result alias for $0;
+begin
+  if type_relid is null or type_relid = 0 then
+    raise exception 'audit.row_from_trail: % is not a table''s row type', pg_typeof(row_type)
+      using errcode = 'wrong_object_type', hint = 'Pass null::schema.table as the first argument.';
+  end if;
+  -- json and jsonb values need their own decoding; every other value is what jsonb_populate_record reads
+  -- (numbers and booleans, JSON arrays, and strings through the type's input function).
+  select string_agg(case
+           when audit_private.base_type(a.atttypid) = 'json'::regtype then format('($2 ->> %L)::%s', a.attname, format_type(a.atttypid, a.atttypmod))
+           when audit_private.base_type(a.atttypid) = 'jsonb'::regtype then format(
+             'case jsonb_typeof($2 -> %1$L) when ''string'' then ($2 ->> %1$L)::jsonb when ''null'' then null else $2 -> %1$L end::%2$s',
+             a.attname, format_type(a.atttypid, a.atttypmod))
+           else format('r.%I', a.attname) end, ', ' order by a.attnum)
+    into fields
+  from pg_attribute a where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped;
+  execute format('select %s from jsonb_populate_record($1, $2 - %L::text[]) r', fields,
+                 (select coalesce(array_agg(a.attname::text), '{}') from pg_attribute a
+                  where a.attrelid = type_relid and a.attnum > 0 and not a.attisdropped
+                    and audit_private.base_type(a.atttypid) in ('json'::regtype, 'jsonb'::regtype)))
+    into result using row_type, trail;
+  return result;
+end
+$$;
+
+comment on function audit.row_from_trail(anyelement, jsonb) is 'A row of the trail (old_value, new_value, row_as_of) as a row of its table: audit.row_from_trail(null::app.products, new_value)';
+
+grant execute on function audit.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;
 
 -- source: integrity/13_seals.sql
 -- Tamper-evident seals: one row per finished UTC day of the trail, holding a digest of that day's rows and
@@ -1677,16 +2016,18 @@ as $$
   where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
     and (tt.triggers_installed < 4 or tt.triggers_active < 4)
   union all
-  -- A trigger that looks like ours but is not (wrong function), or ours on a table that is not tracked.
+  -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
+  -- that is not exactly the capture trigger of the tracked table it is on (wrong function, events,
+  -- transition tables or name; or a table that is not tracked).
   select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
          format('runs %s', g.tgfoid::regprocedure)
   from pg_trigger g
   join pg_class c on c.oid = g.tgrelid
   join pg_namespace n on n.oid = c.relnamespace
-  where g.tgname like '\_900\_audit\_%'
-    and (g.tgfoid::regproc::text not like 'audit_private.%'
-         or not exists (select from audit_private.tables t
-                        where t.enabled and t.schema_name = n.nspname and t.table_name = c.relname))
+  left join audit_private.tables t on t.enabled and t.schema_name = n.nspname and t.table_name = c.relname
+  where (g.tgname like '\_900\_audit\_%' or g.tgfoid::regproc::text like 'audit\_private.capture\_%')
+    and not exists (select from audit_private.capture_trigger_state(t.id, g.tgrelid) s
+                    where s.trigger_name = g.tgname and s.installed)
   union all
   -- Months that should already have a partition: the current one, and `months_ahead` after the month of an
   -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
@@ -1745,13 +2086,63 @@ comment on column audit.task_runs.error is 'Why the run failed (the worker retri
 revoke all on audit.task_runs from public;
 grant select on audit.task_runs to cartop_auditor;
 
+-- source: integrity/18_rate_limits.sql
+-- The API's request-rate counters, shared by every API instance (src/http/rateLimitStore.ts): requests to
+-- any instance count together against RATE_LIMIT_PER_MINUTE. One row per client key and fixed window.
+-- UNLOGGED: counters are worth no WAL, and a crash that empties the table only forgives one window.
+-- (An unlogged table is not replicated, so a standby has none: only the primary's API writes it.)
+create unlogged table if not exists audit_private.rate_limits (
+  key      text        primary key,
+  hits     integer     not null,
+  reset_at timestamptz not null
+);
+
+comment on table audit_private.rate_limits is 'Request counters of the API''s rate limit, shared by all API instances (one row per client and window)';
+
+revoke all on audit_private.rate_limits from public;
+
+-- Counts one request of `client_key` and returns the window's total and when it ends. One statement, so
+-- concurrent requests from several instances serialise on the row and none is lost; an expired window
+-- starts again at 1.
+create or replace function audit_private.rate_limit_hit(client_key text, window_ms integer, out hits integer, out reset_at timestamptz)
+  language sql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+  insert into audit_private.rate_limits as r (key, hits, reset_at)
+  values (client_key, 1, clock_timestamp() + make_interval(secs => window_ms / 1000.0))
+  on conflict (key) do update
+    set hits = case when r.reset_at <= clock_timestamp() then 1 else r.hits + 1 end,
+        reset_at = case when r.reset_at <= clock_timestamp() then excluded.reset_at else r.reset_at end
+  returning r.hits, r.reset_at
+$$;
+
+comment on function audit_private.rate_limit_hit(text, integer) is 'Counts one API request of a client in its current rate-limit window';
+
+revoke all on function audit_private.rate_limit_hit(text, integer) from public;
+
 -- source: example/20_app.sql
 -- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
 -- Both tables are tracked; users.password_hash is excluded from the audit trail.
+--
+-- Who may do what, as a real application should (the API selects the role from the token's `role` claim):
+--   cartop_user   a signed-in user: reads and edits only their own app.users row (id = the token's sub),
+--                 sets only their own password; writes the product catalogue.
+--   cartop_admin  the application's administrators: create, edit and delete any user, set any password.
+--   cartop_anonymous reads the catalogue. cartop_auditor reads the audit trail, not the application.
 
 create extension if not exists pgcrypto;
 create schema if not exists app;
-grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor;
+
+do $$
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_admin') then
+    create role cartop_admin nologin;
+  end if;
+end
+$$;
+grant cartop_admin to cartop_authenticator;
+grant usage on schema app to cartop_anonymous, cartop_user, cartop_auditor, cartop_admin;
 
 create table if not exists app.users (
   id            uuid        primary key default gen_random_uuid(),
@@ -1806,7 +2197,29 @@ drop trigger if exists _100_touch_updated_at on app.products;
 create trigger _100_touch_updated_at before update on app.products
   for each row execute function app.tg__touch_updated_at();
 
-grant select, insert, update, delete on app.users, app.products to cartop_user;
+-- The signed-in user's id: the token's sub, which the API sets as audit.user_id for the transaction.
+create or replace function app.current_user_id()
+  returns text
+  language sql
+  stable
+  parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select nullif(current_setting('audit.user_id', true), '')
+$$;
+comment on function app.current_user_id() is 'The acting user''s id (audit.user_id, set by the API from the token''s sub)';
+
+alter table app.users enable row level security;
+drop policy if exists users_self on app.users;
+create policy users_self on app.users for all to cartop_user
+  using (id::text = app.current_user_id()) with check (id::text = app.current_user_id());
+drop policy if exists users_admin on app.users;
+create policy users_admin on app.users for all to cartop_admin using (true) with check (true);
+
+revoke all on app.users from cartop_user;
+grant select, update (email, first_name, last_name, password_hash) on app.users to cartop_user;
+grant select, insert, update, delete on app.users to cartop_admin;
+grant select, insert, update, delete on app.products to cartop_user, cartop_admin;
 grant select on app.products to cartop_anonymous;
 
 select audit.enable_tracking('app.users', excluded_columns => '{password_hash}');
@@ -1825,19 +2238,32 @@ as $$
   returning *
 $$;
 
-comment on function app.create_user(text, text, text, text) is 'Creates a user; the password is stored only as a bcrypt hash';
+comment on function app.create_user(text, text, text, text) is 'Creates a user (admins only); the password is stored only as a bcrypt hash';
 
 create or replace function app.set_user_password(user_id uuid, password text)
   returns app.users
-  language sql
+  language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
 as $$
-  update app.users set password_hash = app.hash_password(password) where id = user_id returning *
+declare
+  result app.users;
+begin
+  -- Row-level security limits the update to rows the caller may change: their own, or any for an admin.
+  update app.users set password_hash = app.hash_password(password) where id = user_id returning * into result;
+  if not found then
+    raise exception 'app.set_user_password: no user % that you may change', user_id
+      using errcode = '42501', hint = 'a user may set only their own password; an admin token may set anyone''s';
+  end if;
+  return result;
+end
 $$;
 
-comment on function app.set_user_password(uuid, text) is 'Replaces a user''s password (stored only as a bcrypt hash)';
+comment on function app.set_user_password(uuid, text) is 'Replaces a user''s password (stored only as a bcrypt hash): one''s own, or anyone''s for an admin';
 
-revoke all on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) from public;
-grant execute on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text) to cartop_user;
-grant usage on all sequences in schema app to cartop_user;
+revoke all on function app.create_user(text, text, text, text), app.set_user_password(uuid, text), app.hash_password(text), app.current_user_id() from public;
+-- Earlier versions let every user create users.
+revoke all on function app.create_user(text, text, text, text) from cartop_user;
+grant execute on function app.set_user_password(uuid, text), app.hash_password(text), app.current_user_id() to cartop_user, cartop_admin;
+grant execute on function app.create_user(text, text, text, text) to cartop_admin;
+grant usage on all sequences in schema app to cartop_user, cartop_admin;
