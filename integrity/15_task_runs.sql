@@ -20,3 +20,10 @@ comment on column audit.task_runs.error is 'Why the run failed (the worker retri
 
 revoke all on audit.task_runs from public;
 grant select on audit.task_runs to cartop_auditor;
+
+-- Lock only: seal and archive runs (worker or CLI, any instance) take it for their whole run, so they never
+-- interleave (src/db/locks.ts). A table lock, not an advisory key: only its owner can take it, so no other
+-- role can stall sealing or archiving by holding the same key.
+create table if not exists audit_private.seal_and_archive_runs ();
+revoke all on audit_private.seal_and_archive_runs from public;
+comment on table audit_private.seal_and_archive_runs is 'Lock only: serialises seal and archive runs (no rows)';

@@ -416,7 +416,8 @@ describe("low: upkeep cannot be stalled by another role", () => {
         await other.query(`reset statement_timeout`);
         other.release();
       }
-      for (const sql of [`lock table audit_private.partition_maintenance`, `lock table audit_private.activity_summary_state`]) {
+      for (const sql of [`lock table audit_private.partition_maintenance`, `lock table audit_private.activity_summary_state`,
+        `lock table audit_private.seal_and_archive_runs in share update exclusive mode`]) {
         await c.query("begin");
         expect((await errorOf(c.query(sql))).code).toBe("42501");
         await c.query("rollback");

@@ -1,6 +1,6 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:644ca026bd1799fd72ae65bf82b2cf749639e5ac
---! Message: Trust boundary, first hour, calendar edges, archives beyond one machine, several instances
+--! Hash: sha1:40780fcf8088e166a68cbd5898bc1b93fdfb4bb0
+--! Message: Trust boundary, first hour, calendar edges, archives beyond one machine, several instances, undo
 
 -- source: triggers/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -2085,6 +2085,13 @@ comment on column audit.task_runs.error is 'Why the run failed (the worker retri
 
 revoke all on audit.task_runs from public;
 grant select on audit.task_runs to cartop_auditor;
+
+-- Lock only: seal and archive runs (worker or CLI, any instance) take it for their whole run, so they never
+-- interleave (src/db/locks.ts). A table lock, not an advisory key: only its owner can take it, so no other
+-- role can stall sealing or archiving by holding the same key.
+create table if not exists audit_private.seal_and_archive_runs ();
+revoke all on audit_private.seal_and_archive_runs from public;
+comment on table audit_private.seal_and_archive_runs is 'Lock only: serialises seal and archive runs (no rows)';
 
 -- source: integrity/18_rate_limits.sql
 -- The API's request-rate counters, shared by every API instance (src/http/rateLimitStore.ts): requests to
