@@ -56,7 +56,7 @@ test("partitions archive seals first, archives the old month and finishes one le
   expect(crash.message).toBe("killed");
 
   const run = await cli("partitions", "archive", "--older-than", "12", "--json");
-  expect(run.code).toBe(0);
+  expect({ code: run.code, stderr: run.stderr ?? "" }).toEqual({ code: 0, stderr: "" });
   expect(JSON.parse(run.stdout)).toMatchObject([
     { month: older.slice(0, 7), rows: 300, status: "archived" },
     { month: old.slice(0, 7), rows: 300, status: "archived" },

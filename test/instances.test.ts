@@ -113,7 +113,7 @@ describe("two workers", () => {
     const { rows: archives } = await db.pool.query(`select month::text, status, rows::int from audit.archives`);
     expect(archives).toEqual([{ month: twoMonthsAgo, status: "archived", rows: DAYS * ROWS_PER_DAY }]);
     expect((await readdir(dir)).filter((f) => f !== "seals").sort())
-      .toEqual([`audit-${twoMonthsAgo.slice(0, 7)}.copy.gz`, `audit-${twoMonthsAgo.slice(0, 7)}.manifest.json`]);
+      .toEqual([`audit-${twoMonthsAgo.slice(0, 7)}.copy.gz`, `audit-${twoMonthsAgo.slice(0, 7)}.manifest.json`, "parquet"]);
     expect(existsSync(path.join(dir, `audit-${twoMonthsAgo.slice(0, 7)}.copy.gz.partial`))).toBe(false);
   });
 
