@@ -163,12 +163,12 @@ describe("finding 1: nothing a table owner defines runs inside capture or its ge
       select rolsuper, rolcanlogin, rolbypassrls, rolcreaterole,
              has_table_privilege('cartop_capture', 'audit_private.log_entries', 'insert') as may_insert,
              has_table_privilege('cartop_capture', 'audit_private.log_entries', 'select, update, delete, truncate') as may_more,
-             has_table_privilege('cartop_capture', 'audit_private.tables', 'update') as may_change_registry,
+             has_table_privilege('cartop_capture', 'audit_private.tables', 'select, update') as may_use_registry,
              has_schema_privilege('cartop_capture', 'audit_private', 'create') as may_create,
              (select count(*)::int from pg_auth_members where roleid = 'cartop_capture'::regrole) as members
       from pg_roles where rolname = 'cartop_capture'`);
     expect(role).toEqual({ rolsuper: false, rolcanlogin: false, rolbypassrls: false, rolcreaterole: false, may_insert: true,
-      may_more: false, may_change_registry: false, may_create: false, members: 0 });
+      may_more: false, may_use_registry: false, may_create: false, members: 0 });
   });
 });
 
