@@ -25,8 +25,8 @@ begin
 end
 $$;
 
--- cartop_capture owns the generated capture functions (security definer): it may append audit rows and read
--- the tracking registry, nothing else. Never a superuser, never granted to a login (see SECURITY.md).
+-- cartop_capture owns the generated capture functions (security definer): it may append audit rows, nothing
+-- else. Never a superuser, never granted to a login (see SECURITY.md).
 alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
 
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.

@@ -264,7 +264,7 @@ as $$
 $$;
 
 -- Writes one generated capture function, owned by cartop_capture (security definer as that role: it can
--- append audit rows and read the registry, nothing else) and executable by nobody else. It records only
+-- append audit rows, nothing else) and executable by nobody else. It records only
 -- when fired, AFTER, once per statement, for its event, on the table it was generated for (renames
 -- regenerate it), so attaching it anywhere else records nothing and fails the write.
 -- Names and values reach the generated SQL only through %I and %L, and the body is passed as a quoted

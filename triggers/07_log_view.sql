@@ -86,10 +86,11 @@ revoke select on audit_private.tables from cartop_user;
 grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
 
--- Capture (functions owned by cartop_capture) appends rows and reads the registry; nothing else.
+-- Capture (functions owned by cartop_capture) appends rows; nothing else (everything it needs to know about
+-- its table is baked into it).
 grant insert on audit_private.log_entries to cartop_capture;
 grant usage on sequence audit_private.log_id_seq to cartop_capture;
-grant select on audit_private.tables to cartop_capture;
+revoke all on audit_private.tables from cartop_capture;
 
 alter table audit_private.log_entries enable row level security;
 

@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:40780fcf8088e166a68cbd5898bc1b93fdfb4bb0
+--! Hash: sha1:1227a41f8d3fb6fb030bd03e93ba6a7f3ae82c32
 --! Message: Trust boundary, first hour, calendar edges, archives beyond one machine, several instances, undo
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -30,8 +30,8 @@ begin
 end
 $$;
 
--- cartop_capture owns the generated capture functions (security definer): it may append audit rows and read
--- the tracking registry, nothing else. Never a superuser, never granted to a login (see SECURITY.md).
+-- cartop_capture owns the generated capture functions (security definer): it may append audit rows, nothing
+-- else. Never a superuser, never granted to a login (see SECURITY.md).
 alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
 
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
@@ -731,7 +731,7 @@ as $$
 $$;
 
 -- Writes one generated capture function, owned by cartop_capture (security definer as that role: it can
--- append audit rows and read the registry, nothing else) and executable by nobody else. It records only
+-- append audit rows, nothing else) and executable by nobody else. It records only
 -- when fired, AFTER, once per statement, for its event, on the table it was generated for (renames
 -- regenerate it), so attaching it anywhere else records nothing and fails the write.
 -- Names and values reach the generated SQL only through %I and %L, and the body is passed as a quoted
@@ -1417,10 +1417,11 @@ revoke select on audit_private.tables from cartop_user;
 grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
 
--- Capture (functions owned by cartop_capture) appends rows and reads the registry; nothing else.
+-- Capture (functions owned by cartop_capture) appends rows; nothing else (everything it needs to know about
+-- its table is baked into it).
 grant insert on audit_private.log_entries to cartop_capture;
 grant usage on sequence audit_private.log_id_seq to cartop_capture;
-grant select on audit_private.tables to cartop_capture;
+revoke all on audit_private.tables from cartop_capture;
 
 alter table audit_private.log_entries enable row level security;
 
