@@ -165,10 +165,11 @@ grant select on audit.activity_daily, audit_private.activity_summary, audit_priv
 grant execute on function audit.row_as_of(text, text, timestamptz) to cartop_user, cartop_auditor;
 
 -- A row of the trail (old_value, new_value, row_as_of) back as a row of its table, exactly: decodes the
+-- (In audit_private: PostGraphile cannot expose an anyelement function, and it is SQL-only anyway.)
 -- mapping of audit_private.value_kind (README "Values in the trail"). Excluded columns come back null,
 -- masked ones fail to decode unless text-like. Decode with the table's row type as it was when the row was
 -- written. security invoker: the caller's casts and domain checks are the caller's business.
-create or replace function audit.row_from_trail(row_type anyelement, trail jsonb)
+create or replace function audit_private.row_from_trail(row_type anyelement, trail jsonb)
   returns anyelement
   language plpgsql
   stable
@@ -180,7 +181,7 @@ declare
   result alias for $0;
 begin
   if type_relid is null or type_relid = 0 then
-    raise exception 'audit.row_from_trail: % is not a table''s row type', pg_typeof(row_type)
+    raise exception 'audit_private.row_from_trail: % is not a table''s row type', pg_typeof(row_type)
       using errcode = 'wrong_object_type', hint = 'Pass null::schema.table as the first argument.';
   end if;
   -- json and jsonb values need their own decoding; every other value is what jsonb_populate_record reads
@@ -202,6 +203,6 @@ begin
 end
 $$;
 
-comment on function audit.row_from_trail(anyelement, jsonb) is 'A row of the trail (old_value, new_value, row_as_of) as a row of its table: audit.row_from_trail(null::app.products, new_value)';
+comment on function audit_private.row_from_trail(anyelement, jsonb) is 'A row of the trail (old_value, new_value, row_as_of) as a row of its table: audit_private.row_from_trail(null::app.products, new_value)';
 
-grant execute on function audit.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;
+grant execute on function audit_private.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;

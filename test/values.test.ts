@@ -1,5 +1,5 @@
 // Every value reaches the trail exactly (README "Values in the trail"): the recorded JSON for each kind of
-// value, and the round trip through audit.log and audit.row_as_of back to the very row (audit.row_from_trail).
+// value, and the round trip through audit.log and audit.row_as_of back to the very row (audit_private.row_from_trail).
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
@@ -65,8 +65,8 @@ describe("values in the trail", () => {
     const { rows: checks } = await db.pool.query(`
       select k.id,
              format('%s', k) as original,
-             format('%s', audit.row_from_trail(null::v.kinds, l.new_value)) as from_log,
-             format('%s', audit.row_from_trail(null::v.kinds, audit.row_as_of('v.kinds', k.id::text, now()))) as from_row_as_of
+             format('%s', audit_private.row_from_trail(null::v.kinds, l.new_value)) as from_log,
+             format('%s', audit_private.row_from_trail(null::v.kinds, audit.row_as_of('v.kinds', k.id::text, now()))) as from_row_as_of
       from v.kinds k join audit.log l on l.entity_name = 'kinds' and l.entity_id = k.id::text and l.action = 'INSERT'
       order by k.id`);
     expect(checks).toHaveLength(5);
@@ -94,7 +94,7 @@ describe("values in the trail", () => {
       `select changes -> 'n' ->> 'new' as n from audit.log where entity_name = 'kinds' and entity_id = '1' and changes ? 'n' order by id`);
     expect(texts.map((r) => r.n)).toEqual(["1.50", "1.5", "1.50"]);
     const { rows: [now] } = await db.pool.query(`
-      select format('%s', k) = format('%s', audit.row_from_trail(null::v.kinds, audit.row_as_of('v.kinds', '1', now()))) as same
+      select format('%s', k) = format('%s', audit_private.row_from_trail(null::v.kinds, audit.row_as_of('v.kinds', '1', now()))) as same
       from v.kinds k where id = 1`);
     expect(now.same).toBe(true);
   });

@@ -29,7 +29,7 @@ export const smartTagsPlugin = jsonPgSmartTags({
       [
         "audit.set_context", "audit.enable_tracking", "audit.disable_tracking", "audit.ensure_partitions",
         "audit.create_partition", "audit.archivable_months", "audit.default_partition_months",
-        "audit.drain_default_partition", "audit.summarize_activity", "audit.coverage_problems", "audit.sealable_days", "audit.row_from_trail",
+        "audit.drain_default_partition", "audit.summarize_activity", "audit.coverage_problems", "audit.sealable_days", 
         "app.hash_password",
       ].map((name) => [name, { tags: { behavior: ["-*"] } }]),
       ),
