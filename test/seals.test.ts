@@ -245,8 +245,8 @@ test("cartop-audit verify exits 1 naming the first bad day, and 0 on an untouche
       return { code: e.code, report: e.stdout ? JSON.parse(e.stdout) : null, stderr: e.stderr };
     }
   };
-  expect(await run()).toMatchObject({ code: 0, report: { firstBadDay: null, problems: [] } });
+  expect(await run()).toMatchObject({ code: 0, report: { first_bad_day: null, problems: [] } });
   await tamper(`update audit_private.log_entries set user_id = 'someone else' where created_at::date = $1 and entity_id = '5'`, [d3]);
-  expect(await run()).toMatchObject({ code: 1, report: { firstBadDay: d3 } });
+  expect(await run()).toMatchObject({ code: 1, report: { first_bad_day: d3 } });
   expect(await run("--from", "2026-02-30")).toMatchObject({ code: 2, stderr: expect.stringContaining('"2026-02-30" is not a day: expected YYYY-MM-DD') });
 });
