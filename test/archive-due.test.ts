@@ -22,17 +22,20 @@ afterAll(async () => {
 });
 
 /** Runs the CLI in this process against the test database; returns its exit code and what it printed. */
-async function cli(...args: string[]): Promise<{ code: number; stdout: string }> {
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const saved = { DATABASE_URL: process.env.DATABASE_URL, AUDIT_ARCHIVE_DIR: process.env.AUDIT_ARCHIVE_DIR };
-  let stdout = "";
-  const write = process.stdout.write;
-  process.stdout.write = ((chunk: string) => { stdout += chunk; return true; }) as typeof process.stdout.write;
+  const printed = { stdout: "", stderr: "" };
+  const writes = { stdout: process.stdout.write, stderr: process.stderr.write };
+  for (const stream of ["stdout", "stderr"] as const) {
+    process[stream].write = ((chunk: string) => { printed[stream] += chunk; return true; }) as typeof process.stdout.write;
+  }
   Object.assign(process.env, { DATABASE_URL: db.url, AUDIT_ARCHIVE_DIR: dir });
   try {
     const code = await runCli(["node", "cartop-audit", ...args]);
-    return { code, stdout };
+    return { code, ...printed };
   } finally {
-    process.stdout.write = write;
+    process.stdout.write = writes.stdout;
+    process.stderr.write = writes.stderr;
     for (const [name, value] of Object.entries(saved)) {
       if (value === undefined) delete process.env[name];
       else process.env[name] = value;
@@ -56,7 +59,7 @@ test("partitions archive seals first, archives the old month and finishes one le
   expect(crash.message).toBe("killed");
 
   const run = await cli("partitions", "archive", "--older-than", "12", "--json");
-  expect({ code: run.code, stderr: run.stderr ?? "" }).toEqual({ code: 0, stderr: "" });
+  expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 0, stderr: "" });
   expect(JSON.parse(run.stdout)).toMatchObject([
     { month: older.slice(0, 7), rows: 300, status: "archived" },
     { month: old.slice(0, 7), rows: 300, status: "archived" },
