@@ -8,6 +8,10 @@ export interface Config {
   databaseUrl: string | undefined;
   /** The API's query connection (as cartop_authenticator); unset: the DATABASE_URL connection, switching role per request. */
   authenticatorUrl: string | undefined;
+  /** A read replica for audit-trail reads (GraphQL trail queries, /metrics); unset: everything on the primary. */
+  readUrl: string | undefined;
+  /** How far behind the primary the replica may be before reads fall back to the primary. */
+  readMaxLagSeconds: number;
   port: number;
   jwtSecret: string | undefined;
   /** When set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`. */
@@ -65,6 +69,8 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     databaseUrl: env.DATABASE_URL || undefined,
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
+    readUrl: env.DATABASE_READ_URL || undefined,
+    readMaxLagSeconds: integer(env, "DATABASE_READ_MAX_LAG_SECONDS", 5, 0),
     port: integer(env, "PORT", 3000, 1),
     jwtSecret: env.JWT_SECRET || undefined,
     metricsToken: env.METRICS_TOKEN || undefined,

@@ -128,6 +128,7 @@ export function buildProgram(): Command {
       if (!config.jwtSecret) log("JWT_SECRET is not set: the API serves anonymous requests only");
       const api = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
+        readUrl: config.readUrl, readMaxLagSeconds: config.readMaxLagSeconds,
         production: process.env.NODE_ENV === "production", logger: logger(),
       });
       onShutdown(() => api.close());

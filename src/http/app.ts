@@ -14,6 +14,8 @@ import { createMetrics } from "../metrics.ts";
 import { identity, requestId, sendError } from "./identity.ts";
 import { documentChecks, MAX_DOCUMENT_BYTES, requestRate } from "./limits.ts";
 import { PostgresRateLimitStore } from "./rateLimitStore.ts";
+import { routeTrailReads } from "./readRouting.ts";
+import { ReadReplica } from "../db/readReplica.ts";
 
 export interface ServerOptions {
   /** Owner connection (introspection, health check). */
@@ -24,6 +26,9 @@ export interface ServerOptions {
   /** Where request and error lines go; default: nothing is logged. */
   logger?: Logger;
   production?: boolean;
+  /** A read replica (DATABASE_READ_URL) for audit-trail reads, and how far behind it may be (seconds). */
+  readUrl?: string;
+  readMaxLagSeconds?: number;
   /** Rate-limit window; a minute unless a test shortens it. */
   rateLimitWindowMs?: number;
 }
@@ -52,7 +57,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
     pool.on("connect", (client) => client.on("error", () => {}));
   }
-  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger);
+  const replica = options.readUrl ? new ReadReplica(options.readUrl, ownerPool, options.readMaxLagSeconds ?? 5, logger) : undefined;
+  // /metrics reads the trail where audit reads go: the replica while it is usable.
+  const readPool = async () => (replica && (await replica.state()).usable ? replica.pool : ownerPool);
+  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger, readPool);
 
   app.use(requestId);
   // Everything logged while handling the request, by any code, carries its request id.
@@ -94,6 +102,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.use("/graphql", express.json({ limit: MAX_DOCUMENT_BYTES }));
   app.use("/graphql", identity(config.jwtSecret));
   app.use("/graphql", documentChecks);
+  if (replica) app.use("/graphql", routeTrailReads(replica, logger));
   app.use("/graphql", countRejectedDocuments(() => metrics.countGraphqlError("request")));
   app.use("/graphiql", identity(config.jwtSecret));
 
@@ -103,6 +112,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     superuserPool: ownerPool,
     superuserConnectionString: options.databaseUrl,
     maskErrors: options.production,
+    readPool: replica?.pool,
     onError(kind, error, reference) {
       metrics.countGraphqlError(kind);
       if (kind === "internal") logger.error({ err: error, reference }, "GraphQL request failed");
@@ -135,6 +145,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await ownerPool.end();
       await healthPool.end();
       await limitsPool.end();
+      await replica?.close();
     },
   };
 }
