@@ -73,7 +73,10 @@ drop trigger if exists _100_touch_updated_at on app.products;
 create trigger _100_touch_updated_at before update on app.products
   for each row execute function app.tg__touch_updated_at();
 
--- The signed-in user's id: the token's sub, which the API sets as audit.user_id for the transaction.
+-- The signed-in user's id: the token's sub, which the API sets as audit.user_id for the transaction. Any
+-- session can set that setting, so it is believed the way the trail believes it (audit_private.reader_user_id:
+-- only from the API's login and the owner); a plain SQL login in cartop_user is its login name, which is no
+-- user's id, so it changes no one's row by setting audit.user_id.
 create or replace function app.current_user_id()
   returns text
   language sql
@@ -81,7 +84,7 @@ create or replace function app.current_user_id()
   parallel safe
   set search_path = pg_catalog, pg_temp
 as $$
-  select nullif(current_setting('audit.user_id', true), '')
+  select audit_private.reader_user_id()
 $$;
 comment on function app.current_user_id() is 'The acting user''s id (audit.user_id, set by the API from the token''s sub)';
 

@@ -9,6 +9,10 @@ export interface Config {
   databaseUrl: string | undefined;
   /** The API's query connection (as cartop_authenticator); unset: the DATABASE_URL connection, switching role per request. */
   authenticatorUrl: string | undefined;
+  /** A read replica for audit-trail reads (GraphQL trail queries, /metrics); unset: everything on the primary. */
+  readUrl: string | undefined;
+  /** How far behind the primary the replica may be before reads fall back to the primary. */
+  readMaxLagSeconds: number;
   port: number;
   /** HS256 secret for API tokens; at least MIN_JWT_SECRET_LENGTH characters. */
   jwtSecret: string | undefined;
@@ -129,6 +133,8 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     databaseUrl: env.DATABASE_URL || undefined,
     authenticatorUrl: env.AUTHENTICATOR_DATABASE_URL || undefined,
+    readUrl: env.DATABASE_READ_URL || undefined,
+    readMaxLagSeconds: integer(env, "DATABASE_READ_MAX_LAG_SECONDS", 5, 0),
     port: integer(env, "PORT", 3000, 1),
     jwtSecret: jwtSecret(env.JWT_SECRET),
     production: env.NODE_ENV === "production",

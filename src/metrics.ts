@@ -76,7 +76,12 @@ function monthsAhead(partitions: SystemRow["partitions"], now = new Date()): num
   }
 }
 
-export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger: Logger): Metrics {
+/**
+ * `readPool` says where the trail's own queries go (a usable read replica, or the primary); bookkeeping
+ * that must see the primary's latest state (the summary's bounds, the settled counts) stays on `ownerPool`.
+ */
+export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger: Logger,
+  readPool: () => Promise<pg.Pool> = async () => ownerPool): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const gauge = (name: string, help: string, labelNames: string[] = []) =>
@@ -114,10 +119,11 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
   let scraping: Promise<unknown> = Promise.resolve();
 
   async function readSystem(): Promise<void> {
-    const { rows: [row] } = await ownerPool.query<SystemRow>(SYSTEM_SQL);
+    const reader = await readPool();
+    const { rows: [row] } = await reader.query<SystemRow>(SYSTEM_SQL);
     const system = row!;
     rowsWritten.reset();
-    for (const r of await rowCounts.read()) rowsWritten.inc({ table: r.table, action: r.action }, r.rows);
+    for (const r of await rowCounts.read(reader)) rowsWritten.inc({ table: r.table, action: r.action }, r.rows);
     const monthly = system.partitions.filter((p) => !p.is_default);
     partitionCount.set(monthly.length);
     partitionMonthsAhead.set(monthsAhead(system.partitions));
@@ -144,7 +150,7 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
     unsealedDays.set(Number(system.unsealed_days));
     workerJobs.reset();
     if (system.worker_installed) {
-      const { rows: [jobs] } = await ownerPool.query<Record<string, string>>(WORKER_JOBS_SQL);
+      const { rows: [jobs] } = await reader.query<Record<string, string>>(WORKER_JOBS_SQL);
       for (const [state, n] of Object.entries(jobs!)) workerJobs.set({ state }, Number(n));
     }
   }
@@ -219,8 +225,8 @@ function rowsWrittenReader(pool: pg.Pool) {
   let settled = new Map<string, RowCount>();
   let settledUntil: Date | number | undefined;
 
-  const query = async (sql: string, params: unknown[] = []) =>
-    (await pool.query<{ table: string; action: string; rows: string }>(sql, params)).rows
+  const query = async (sql: string, params: unknown[] = [], on: pg.Pool = pool) =>
+    (await on.query<{ table: string; action: string; rows: string }>(sql, params)).rows
       .map((r) => ({ table: r.table, action: r.action, rows: Number(r.rows) }));
   const add = (into: Map<string, RowCount>, counts: RowCount[]) => {
     for (const c of counts) {
@@ -232,7 +238,8 @@ function rowsWrittenReader(pool: pg.Pool) {
   };
 
   return {
-    async read(): Promise<RowCount[]> {
+    /** `tailPool` counts the rows after the settled instant (the replica may serve that). */
+    async read(tailPool: pg.Pool = pool): Promise<RowCount[]> {
       // node-postgres reads -infinity (no summary yet) as the number -Infinity.
       const { rows: [bounds] } = await pool.query<{ live_from: Date | number; settled_until: Date }>(BOUNDS_SQL);
       const from = bounds!.live_from;
@@ -243,7 +250,7 @@ function rowsWrittenReader(pool: pg.Pool) {
       const newlySettled = bounds!.settled_until > countedUntil
         ? await query(RANGE_COUNTS_SQL, [pgTime(countedUntil), pgTime(bounds!.settled_until)]) : undefined;
       const nowSettledUntil = newlySettled ? bounds!.settled_until : countedUntil;
-      const tail = await query(RANGE_COUNTS_SQL, [pgTime(nowSettledUntil), "infinity"]);
+      const tail = await query(RANGE_COUNTS_SQL, [pgTime(nowSettledUntil), "infinity"], tailPool);
 
       if (summaryCounts) {
         liveFrom = String(from);

@@ -409,6 +409,22 @@ describe("finding 8: no SQL login reads another user's rows by setting a setting
   });
 });
 
+describe("medium: the example API's users change only themselves, also from SQL", () => {
+  test("a cartop_user SQL login that sets audit.user_id to another user's id reads and changes no one's app.users row", async () => {
+    const { rows: [victim] } = await db.pool.query(`select (app.create_user('victim@example.com', 'Vic', 'Tim', 'secret-1')).id::text as id`);
+    await as(sqlUser, async (c) => {
+      await c.query("begin");
+      await c.query(`select set_config('audit.user_id', $1, true)`, [victim.id]);
+      expect((await c.query(`select count(*)::int as n from app.users where id = $1`, [victim.id])).rows[0].n).toBe(0);
+      expect((await c.query(`update app.users set first_name = 'owned' where id = $1`, [victim.id])).rowCount).toBe(0);
+      expect((await errorOf(c.query(`select app.set_user_password($1, 'taken-over')`, [victim.id]))).message)
+        .toMatch(/^app\.set_user_password: no user/);
+      await c.query("rollback");
+    });
+    expect((await db.pool.query(`select first_name from app.users where id = $1`, [victim.id])).rows).toEqual([{ first_name: "Vic" }]);
+  });
+});
+
 describe("low: upkeep cannot be stalled by another role", () => {
   test("holding the old advisory lock key stalls nothing, and the lock that counts is out of reach", async () => {
     await as(sqlUser, async (c) => {

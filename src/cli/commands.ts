@@ -151,6 +151,7 @@ export async function buildProgram(): Promise<Command> {
       }
       const server = await startServer({
         databaseUrl: database.url, authenticatorUrl: config.authenticatorUrl, config,
+        readUrl: config.readUrl, readMaxLagSeconds: config.readMaxLagSeconds,
         production: config.production, introspection: config.introspection, logger: logger(),
       });
       onShutdown(() => server.close());

@@ -10,6 +10,7 @@ import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import type { RequestIdentity } from "../http/identity.ts";
 import { API_STATEMENT_TIMEOUT_MS } from "../http/limits.ts";
+import { routeReadsToReplica } from "./readRouting.ts";
 import { smartTagsPlugin } from "./smartTags.ts";
 
 export interface PresetOptions {
@@ -28,6 +29,8 @@ export interface PresetOptions {
   maskErrors?: boolean;
   /** Told of every error returned to a client (for metrics and the log). */
   onError?: ErrorReporter;
+  /** A read replica's pool: requests the HTTP layer routes there (src/graphql/readRouting.ts) read from it. */
+  readPool?: pg.Pool;
 }
 
 /** request: the document was invalid; rejected: the database refused (permission, constraint, raise); internal: a bug or outage. */
@@ -73,18 +76,17 @@ const HidePartitionsPlugin: GraphileConfig.Plugin = {
 };
 
 export function makePreset(options: PresetOptions): GraphileConfig.Preset {
+  const service = makePgService({
+    connectionString: options.connectionString,
+    pool: options.pool,
+    superuserPool: options.superuserPool,
+    superuserConnectionString: options.superuserConnectionString,
+    schemas: ["app", "audit"],
+  });
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PgAggregatesPreset, PostGraphileConnectionFilterPreset],
     plugins: [smartTagsPlugin, HidePartitionsPlugin],
-    pgServices: [
-      makePgService({
-        connectionString: options.connectionString,
-        pool: options.pool,
-        superuserPool: options.superuserPool,
-        superuserConnectionString: options.superuserConnectionString,
-        schemas: ["app", "audit"],
-      }),
-    ],
+    pgServices: [options.readPool ? routeReadsToReplica(service, options.readPool) : service],
     gather: { installWatchFixtures: false },
     schema: {
       // Filters only where they can use an index or are cheap; no filtering on computed JSON.

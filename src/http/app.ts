@@ -14,6 +14,8 @@ import { createMetrics } from "../metrics.ts";
 import { identity, requestId, sendError } from "./identity.ts";
 import { documentChecks, MAX_DOCUMENT_BYTES, requestRate, responseSize } from "./limits.ts";
 import { PostgresRateLimitStore } from "./rateLimitStore.ts";
+import { routeTrailReads } from "./readRouting.ts";
+import { ReadReplica } from "../db/readReplica.ts";
 
 export interface ServerOptions {
   /** Owner connection (introspection, health check). */
@@ -30,6 +32,9 @@ export interface ServerOptions {
   metricsScrapesPerWindow?: number;
   /** statement_timeout of API transactions; API_STATEMENT_TIMEOUT_MS unless a test shortens it. */
   statementTimeoutMs?: number;
+  /** A read replica (DATABASE_READ_URL) for audit-trail reads, and how far behind it may be (seconds). */
+  readUrl?: string;
+  readMaxLagSeconds?: number;
   /** Rate-limit window; a minute unless a test shortens it. */
   rateLimitWindowMs?: number;
 }
@@ -58,7 +63,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
     pool.on("connect", (client) => client.on("error", () => {}));
   }
-  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger);
+  const replica = options.readUrl ? new ReadReplica(options.readUrl, ownerPool, options.readMaxLagSeconds ?? 5, logger) : undefined;
+  // /metrics reads the trail where audit reads go: the replica while it is usable.
+  const readPool = async () => (replica && (await replica.state()).usable ? replica.pool : ownerPool);
+  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger, readPool);
 
   app.use(requestId);
   // Everything logged while handling the request, by any code, carries its request id.
@@ -107,6 +115,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     maskErrors: options.production,
     graphiql: introspection,
     statementTimeoutMs: options.statementTimeoutMs,
+    readPool: replica?.pool,
     onError(kind, error, reference) {
       metrics.countGraphqlError(kind);
       if (kind === "internal") logger.error({ err: error, reference }, "GraphQL request failed");
@@ -120,6 +129,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   app.use("/graphql", identity(config.jwtSecret));
   app.use("/graphql", documentChecks({ schema: async () => pgl.getSchema(), introspection }));
   app.use("/graphql", responseSize());
+  if (replica) app.use("/graphql", routeTrailReads(replica, logger));
   app.use("/graphiql", identity(config.jwtSecret));
 
   const serv = pgl.createServ(grafserv);
@@ -150,6 +160,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await ownerPool.end();
       await healthPool.end();
       await limitsPool.end();
+      await replica?.close();
     },
   };
 }
