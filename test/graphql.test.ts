@@ -263,6 +263,27 @@ describe("the example API: users change only themselves, an admin does the rest"
     expect((await db.pool.query(`select count(*)::int as n from app.users where email = 'sock@users.example'`)).rows[0].n).toBe(0);
   });
 
+  test("a SQL login in cartop_user that sets audit.user_id to another user's id still sees and changes no one else", async () => {
+    const login = `mallory_${db.name}`;
+    await db.pool.query(`create role ${login} login password 'mallory-pw' in role cartop_user`);
+    const url = new URL(db.url);
+    url.username = login;
+    url.password = "mallory-pw";
+    const client = new (await import("pg")).default.Client({ connectionString: url.toString() });
+    await client.connect();
+    try {
+      await client.query(`select set_config('audit.user_id', $1, false)`, [bea.rowId]);
+      expect((await client.query(`select email from app.users`)).rows).toEqual([]);
+      expect((await client.query(`update app.users set last_name = 'Pwned' where id = $1`, [bea.rowId])).rowCount).toBe(0);
+      const refused = await client.query(`select app.set_user_password($1, 'attacker-Pass-5')`, [bea.rowId]).then(() => null, (e: Error) => e.message);
+      expect(refused).toBe(`app.set_user_password: no user ${bea.rowId} that you may change`);
+    } finally {
+      await client.end();
+      await db.pool.query(`drop owned by ${login}; drop role ${login}`);
+    }
+    expect((await db.pool.query(`select last_name from app.users where id = $1`, [bea.rowId])).rows[0].last_name).not.toBe("Pwned");
+  });
+
   test("an auditor or anonymous caller cannot touch users at all", async () => {
     for (const who of [auditor(), undefined]) {
       const listed = await gql(api, `{ users(first: 100) { nodes { email } } }`, {}, { token: who });

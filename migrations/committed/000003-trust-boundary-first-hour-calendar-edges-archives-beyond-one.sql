@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:ff5b281876b5b4bffb103028ff31b572adfde3fe
+--! Hash: sha1:7edaceeb6aefc3389d9f3a5113228c2692d33707
 --! Message: Trust boundary, first hour, calendar edges, archives beyond one machine, several instances, undo
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -2207,9 +2207,9 @@ create trigger _100_touch_updated_at before update on app.products
   for each row execute function app.tg__touch_updated_at();
 
 -- The signed-in user's id: the token's sub, which the API sets as audit.user_id for the transaction. Any
--- session can set that setting, so it is believed the way the trail believes it (audit_private.reader_user_id:
--- only from the API's login and the owner); a plain SQL login in cartop_user is its login name, which is no
--- user's id, so it changes no one's row by setting audit.user_id.
+-- session can set that setting, so it is believed only from a login that may change every user anyway (the
+-- API's login cartop_authenticator, a member of cartop_admin; a superuser; the table's owner). Any other SQL
+-- login is the user named like its login.
 create or replace function app.current_user_id()
   returns text
   language sql
@@ -2217,7 +2217,11 @@ create or replace function app.current_user_id()
   parallel safe
   set search_path = pg_catalog, pg_temp
 as $$
-  select audit_private.reader_user_id()
+  select case when exists (select from pg_catalog.pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+                or pg_catalog.pg_has_role(session_user, 'cartop_admin', 'MEMBER')
+                or pg_catalog.pg_has_role(session_user, (select c.relowner from pg_catalog.pg_class c where c.oid = 'app.users'::pg_catalog.regclass), 'MEMBER')
+              then nullif(pg_catalog.current_setting('audit.user_id', true), '')
+              else session_user::text end
 $$;
 comment on function app.current_user_id() is 'The acting user''s id (audit.user_id, set by the API from the token''s sub)';
 
