@@ -82,6 +82,42 @@ begin
 end
 $$;
 
+-- STATEMENT GROUPING (begin). Which statement of its transaction wrote an audit row: 1, 2, 3… in the order
+-- their capture ran, so one bulk UPDATE is one unit to read or revert. Called once per audited statement
+-- by every capture trigger (tg_relid, tg_op). One SQL statement can fire several statement triggers on a
+-- table — MERGE (UPDATE, INSERT, DELETE), INSERT … ON CONFLICT DO UPDATE (INSERT, UPDATE) — and they must
+-- share a number; statements run one after another inside a function share statement_timestamp() and must
+-- not. The triggers of one statement fire back to back after all its rows are written, so they see the
+-- same key: statement start, trigger depth, table, and the transaction's count of rows written to the table
+-- (pg_stat_get_xact_*, which a statement that changes rows moves before its own triggers fire). A new
+-- number starts when the key changes or an event repeats under it. State: one transaction-local setting
+-- "key|events|n" (savepoint rollback restores it). Residual: on a partitioned table (no row counts on the
+-- parent) an INSERT and an UPDATE of the same table run back to back in one function get one number.
+-- The setting is not a trust boundary: a session that forges it only renumbers its own statements.
+create or replace function audit_private.statement_number(relid oid, op text)
+  returns integer
+  language plpgsql
+  volatile
+as $$
+declare
+  state text := current_setting('audit_private.statement', true);
+  key text := concat_ws(':', statement_timestamp(), pg_trigger_depth(), relid,
+    pg_stat_get_xact_tuples_inserted(relid) + pg_stat_get_xact_tuples_updated(relid) + pg_stat_get_xact_tuples_deleted(relid));
+  event text := left(op, 1);
+  n integer;
+begin
+  if state is null or state = '' or split_part(state, '|', 1) <> key or strpos(split_part(state, '|', 2), event) > 0 then
+    n := coalesce(nullif(split_part(state, '|', 3), '')::integer, 0) + 1;
+    perform pg_catalog.set_config('audit_private.statement', concat_ws('|', key, event, n), true);
+  else
+    n := split_part(state, '|', 3)::integer;
+    perform pg_catalog.set_config('audit_private.statement', concat_ws('|', key, split_part(state, '|', 2) || event, n), true);
+  end if;
+  return n;
+end
+$$;
+-- STATEMENT GROUPING (end)
+
 -- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,
 -- so several calls can add to one context.
 create or replace function audit.set_context(

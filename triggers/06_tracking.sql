@@ -51,9 +51,9 @@ as $$
 declare
   _ctx audit_private.context := audit_private.current_context();
 begin
-  insert into audit_private.log_entries (created_at, tx_id, table_id, action,
+  insert into audit_private.log_entries (created_at, tx_id, table_id, action, statement_number,
     user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
-  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T',
+  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T', audit_private.statement_number(tg_relid, tg_op),
     _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
     _ctx.db_user, _ctx.application_name);
   return null;
@@ -168,6 +168,7 @@ begin
       _ctx audit_private.context := audit_private.current_context();
       _at timestamptz := statement_timestamp();
       _tx bigint := txid_current();
+      _stmt integer := audit_private.statement_number(tg_relid, tg_op);
     begin
       %3$s;
       return null;
@@ -193,7 +194,7 @@ create or replace function audit_private.write_capture_functions(tracked audit_p
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, old_entity_id, row_data, delta,
+  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, statement_number, table_id, action, entity_id, old_entity_id, row_data, delta,
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
   context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
         _ctx.metadata, _ctx.db_user, _ctx.application_name';
@@ -203,7 +204,7 @@ begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
     perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), target, format(
       '%s
-      select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
+      select _at, _tx, _stmt, %s, %L, %s, null, r.row_data, null, %s
       from (select %s as row_data from %s t offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
       audit_private.row_json_sql(tracked, 't'), op.transition));
@@ -211,7 +212,7 @@ begin
 
   -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
   update_select := format(
-    'select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
+    'select _at, _tx, _stmt, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);

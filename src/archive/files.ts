@@ -10,9 +10,11 @@ import { createGunzip } from "node:zlib";
 /** Storage columns in archive order. Changing them means a new ARCHIVE_SCHEMA_VERSION. */
 export const ARCHIVE_COLUMNS = [
   "id", "created_at", "tx_id", "table_id", "action", "entity_id", "old_entity_id", "row_data", "delta", "user_id", "user_email",
-  "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name",
+  "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name", "statement_number",
 ] as const;
-export const ARCHIVE_SCHEMA_VERSION = 1;
+// 2 added statement_number. Version 1 files still restore: restore copies the columns their manifest lists.
+export const ARCHIVE_SCHEMA_VERSION = 2;
+const READABLE_SCHEMA_VERSIONS = [1, 2];
 
 export interface Manifest {
   month: string; // YYYY-MM
@@ -127,8 +129,8 @@ export async function readManifest(file: string): Promise<Manifest> {
   if (typeof m.sha256 !== "string" || typeof m.rows !== "number" || typeof m.month !== "string") {
     throw new Error(`manifest ${file} is missing sha256, rows or month`);
   }
-  if (m.schemaVersion !== ARCHIVE_SCHEMA_VERSION) {
-    throw new Error(`manifest ${file} has schema version ${m.schemaVersion}; this version reads ${ARCHIVE_SCHEMA_VERSION}`);
+  if (!READABLE_SCHEMA_VERSIONS.includes(m.schemaVersion as number)) {
+    throw new Error(`manifest ${file} has schema version ${m.schemaVersion}; this version reads ${READABLE_SCHEMA_VERSIONS.join(" and ")}`);
   }
   return m as Manifest;
 }
