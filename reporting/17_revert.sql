@@ -78,6 +78,23 @@ comment on column audit.revert_step.problem is 'Why this step cannot be applied 
 comment on column audit.revert_step.problem_code is 'SQLSTATE of the problem: 55000 for a conflict (on_conflict => ''skip'' skips it); any other code refuses the revert';
 comment on column audit.revert_step.applied is 'Whether the step ran and was kept (false in a dry run and for skipped steps)';
 
+-- How many foreign keys deep a table is: 0 when it references no other table, else one more than the
+-- deepest table it references (self-references and cycles ignored). Referenced tables sort first.
+create or replace function audit_private.foreign_key_depth(rel regclass)
+  returns integer
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  with recursive chain (relid, depth, path) as (
+    select rel::oid, 0, array[rel::oid]
+    union all
+    select c.confrelid, chain.depth + 1, chain.path || c.confrelid
+    from chain join pg_constraint c on c.conrelid = chain.relid and c.contype = 'f' and c.confrelid <> all (chain.path)
+  )
+  select max(depth) from chain
+$$;
+
 -- One step of a revert: undoes the change of one audit row if it can, else says why not (problem_code
 -- 55000 for a conflict, another SQLSTATE for a change that cannot be undone exactly). `undone` holds the
 -- ids of the later changes this revert has undone already, and `mark` the revert_of its own audit rows
@@ -172,15 +189,18 @@ begin
       (select jsonb_object_agg(c.key, c.value -> 'old') from jsonb_each(target.changes) c)) || format(key_match, key_now);
   end if;
 
-  -- Conflicts: the row must be as the change left it.
-  select min(l.id) into later from audit.log l
-   where l.entity_schema = target.entity_schema and l.entity_name = target.entity_name and l.id > target.id
+  select l.id into later from audit.log l
+   where l.entity_schema = target.entity_schema and l.entity_name = target.entity_name
+     -- Later in the row's history: ids increase only within a session, statement times across them.
+     and (l.created_at > target.created_at or (l.created_at = target.created_at and l.id > target.id))
      and (l.entity_id = target.entity_id or l.action = 'TRUNCATE') and l.id <> all (undone)
-     and not (l.tx_id = txid_current() and l.metadata -> 'revert_of' = mark);
+     and not (l.tx_id = txid_current() and l.metadata -> 'revert_of' = mark)
+   order by l.created_at, l.id
+   limit 1;
+  -- Conflicts: the row must be as the change left it. Later changes that cancelled out (a change and its
+  -- revert) are not conflicts; when the row did move on, the trail names the change that moved it.
   differing := audit_private.differing_columns(target.new_value, s.current_value);
-  if later is not null then
-    s.problem := format('changed since by audit row %s', later);
-  elsif target.action = 'DELETE' and cur is not null then
+  if target.action = 'DELETE' and cur is not null then
     s.problem := format('key %s is taken since', target.entity_id);
   elsif target.action <> 'DELETE' and cur is null then
     s.problem := format('the row no longer exists under key %s', target.entity_id);
@@ -192,6 +212,9 @@ begin
     if cur is not null then
       s.problem := format('key %s is taken since', audit_private.entity_id_of(tracked.primary_key, target.old_value));
     end if;
+  end if;
+  if s.problem is not null and later is not null then
+    s.problem := format('changed since by audit row %s', later);
   end if;
   if s.problem is not null then
     s.problem_code := '55000';
@@ -257,12 +280,32 @@ begin
     perform set_config('audit.metadata', (coalesce((audit_private.current_context()).metadata, '{}')
       || jsonb_build_object('revert_of', selector))::text, true);
     for target in
-      select l.* from audit.log l
-      where (revert.log_id is null or l.id = revert.log_id)
-        and (revert.tx_id is null or l.tx_id = revert.tx_id)
-        and (revert.statement_number is null or l.statement_number = revert.statement_number)
-        and (revert.request_id is null or l.request_id = revert.request_id)
-      order by l.id desc
+      with chosen as (
+        select l.*, case l.action when 'INSERT' then 'D' when 'DELETE' then 'I' else 'U' end as kind
+        from audit.log l
+        where (revert.log_id is null or l.id = revert.log_id)
+          and (revert.tx_id is null or l.tx_id = revert.tx_id)
+          and (revert.statement_number is null or l.statement_number = revert.statement_number)
+          and (revert.request_id is null or l.request_id = revert.request_id)
+      ),
+      depths as (
+        select c.entity_schema, c.entity_name,
+               audit_private.foreign_key_depth(to_regclass(format('%I.%I', c.entity_schema, c.entity_name))) as depth
+        from (select distinct entity_schema, entity_name from chosen) c
+      ),
+      runs as (
+        select c.*, count(*) filter (where c.kind is distinct from c.previous_kind) over (order by c.created_at desc, c.id desc) as run
+        from (select c.*, lag(c.kind) over (order by c.created_at desc, c.id desc) as previous_kind from chosen c) c
+      )
+      -- Newest first; among consecutive re-inserts the referenced tables first, among consecutive deletes
+      -- the referencing ones first (a cascade is captured after the DELETE that caused it).
+      select r.id, r.created_at, r.tx_id, r.entity_schema, r.entity_name, r.entity_id, r.action, r.old_value, r.new_value,
+             r.changes, r.user_id, r.user_email, r.ip_address, r.user_agent, r.request_id, r.metadata, r.db_user,
+             r.application_name, r.statement_number
+      from runs r
+      left join depths d on d.entity_schema = r.entity_schema and d.entity_name = r.entity_name
+      order by r.run, case r.kind when 'I' then coalesce(d.depth, 0) when 'D' then -coalesce(d.depth, 0) else 0 end,
+               r.created_at desc, r.id desc
     loop
       if dry_run then
         -- A step that fails (permission denied, a constraint) is reported, and the preview goes on.
@@ -346,7 +389,7 @@ as $$
   ),
   events as (
     -- Each change seen from the key it left the row under (after) and the key it found it under (before).
-    select l.id, l.entity_schema, l.entity_name, k.key_text, k.before, k.after
+    select l.id, l.created_at, l.entity_schema, l.entity_name, k.key_text, k.before, k.after
     from audit.log l
     join tracked t on t.schema_name = l.entity_schema and t.table_name = l.entity_name
     cross join lateral (
@@ -365,8 +408,8 @@ as $$
   ),
   per_row as (
     select e.entity_schema, e.entity_name, e.key_text,
-           (array_agg(e.before order by e.id))[1] as before,
-           (array_agg(e.after order by e.id desc))[1] as after,
+           (array_agg(e.before order by e.created_at, e.id))[1] as before,
+           (array_agg(e.after order by e.created_at desc, e.id desc))[1] as after,
            min(e.id) as first_id, max(e.id) as last_id, count(*)::integer as n
     from events e
     group by 1, 2, 3

@@ -53,7 +53,7 @@ declare
 begin
   insert into audit_private.log_entries (created_at, tx_id, table_id, action, statement_number,
     user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
-  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T', audit_private.statement_number(tg_relid, tg_op),
+  values (statement_timestamp(), txid_current(), tg_argv[0]::integer, 'T', audit_private.statement_number(tg_relid),
     _ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id, _ctx.metadata,
     _ctx.db_user, _ctx.application_name);
   return null;
@@ -168,7 +168,7 @@ begin
       _ctx audit_private.context := audit_private.current_context();
       _at timestamptz := statement_timestamp();
       _tx bigint := txid_current();
-      _stmt integer := audit_private.statement_number(tg_relid, tg_op);
+      _stmt integer := audit_private.statement_number(tg_relid);
     begin
       %3$s;
       return null;
