@@ -1,5 +1,5 @@
 --! Previous: sha1:4dd255f07a41ce54dc3b6fdf366007a2a2c663ca
---! Hash: sha1:c043fbafe17640eda67e382d1e6e3179407f6ef1
+--! Hash: sha1:423b09125239400f7afdd7e0502acc01ce0e0fcb
 --! Message: Calendar edges; statement numbers; revert and net change
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -432,7 +432,7 @@ $$;
 -- key: statement start, table, and the transaction's count of the table's blocks read
 -- (pg_stat_get_xact_blocks_fetched), which any statement that writes rows moves before its triggers fire.
 -- A new number starts when the key changes. State: one transaction-local setting "key|n" (a rolled-back
--- savepoint restores it). Measured (callgrind, single-row UPDATE, one per transaction): ~40k instructions
+-- savepoint restores it). Measured (callgrind, single-row UPDATE, one per transaction): ~51k instructions
 -- per audited statement of ~600k; a version that also tracked the events seen cost ~64k.
 -- Residual: partitioned tables (the parent has no block counts) and track_counts = off: statements on the
 -- same table inside one function call share a number. An application AFTER STATEMENT trigger that reads
