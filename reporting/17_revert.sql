@@ -95,6 +95,16 @@ as $$
   select max(depth) from chain
 $$;
 
+-- SQL matching the row whose key is in `key_value`: "(k1, k2) = (select r.k1, r.k2 from
+-- jsonb_populate_record(null::t, '{…}') r)" (typed by the table, so any key type compares as itself).
+create or replace function audit_private.key_match_sql(rel regclass, key_columns text, key_fields text, key_value jsonb)
+  returns text
+  language sql
+  immutable
+as $$
+  select format('(%s) = (select %s from jsonb_populate_record(null::%s, %L) r)', key_columns, key_fields, rel, key_value)
+$$;
+
 -- One step of a revert: undoes the change of one audit row if it can, else says why not (problem_code
 -- 55000 for a conflict, another SQLSTATE for a change that cannot be undone exactly). `undone` holds the
 -- ids of the later changes this revert has undone already, and `mark` the revert_of its own audit rows
@@ -111,7 +121,8 @@ declare
     target.entity_name, target.entity_id, target.action, null, null, null, null, null, null, false)::audit.revert_step;
   tracked record;
   rel regclass := to_regclass(format('%I.%I', target.entity_schema, target.entity_name));
-  key_match text;        -- SQL: "(k1, k2) = (select r.k1, r.k2 from jsonb_populate_record(null::t, %L) r)"
+  key_columns text;      -- "k1, k2", quoted
+  key_fields text;       -- "r.k1, r.k2", quoted
   key_now jsonb;         -- the key the change left the row under
   old_key jsonb;         -- the key it found the row under
   cur jsonb;
@@ -131,20 +142,21 @@ begin
   end if;
   select t.* into tracked from audit.tracked_tables t
    where t.schema_name = target.entity_schema and t.table_name = target.entity_name;
-  key_match := format('(%s) = (select %s from jsonb_populate_record(null::%s, %%L) r)',
-    (select string_agg(format('%I', k), ', ') from unnest(tracked.primary_key) k),
-    (select string_agg(format('r.%I', k), ', ') from unnest(tracked.primary_key) k), rel);
+  -- Built in one format() pass each time (never a format string made of names: a column named "a%L"
+  -- would turn into SQL).
+  key_columns := (select string_agg(format('%I', k), ', ') from unnest(tracked.primary_key) k);
+  key_fields := (select string_agg(format('r.%I', k), ', ') from unnest(tracked.primary_key) k);
   -- Only the key columns: other values (a masked "[masked]") need not fit the column types.
   key_now := (select jsonb_object_agg(k, coalesce(target.new_value, target.old_value) -> k) from unnest(tracked.primary_key) k);
   old_key := (select jsonb_object_agg(k, target.old_value -> k) from unnest(tracked.primary_key) k);
 
   -- The row as it is now under that key, locked so nothing moves it before the step runs.
-  execute format('select to_jsonb(t) from %s t where ', rel) || format(key_match, key_now) || ' for update' into cur;
+  execute format('select to_jsonb(t) from %s t where ', rel) || audit_private.key_match_sql(rel, key_columns, key_fields, key_now) || ' for update' into cur;
   s.current_value := audit_private.audited_form(cur, tracked.excluded_columns, tracked.masked_columns);
 
   if target.action = 'INSERT' then
     s.revert_action := 'DELETE';
-    s.statement := format('delete from %s where ', rel) || format(key_match, key_now);
+    s.statement := format('delete from %s where ', rel) || audit_private.key_match_sql(rel, key_columns, key_fields, key_now);
   elsif target.action = 'DELETE' then
     s.revert_action := 'INSERT';
     s.reverted_value := target.old_value;
@@ -186,7 +198,7 @@ begin
     s.statement := format('update %s set (%s) = (select %s from jsonb_populate_record(null::%s, %L) r) where ',
       rel, (select string_agg(format('%I', c), ', ') from unnest(cols) c),
       (select string_agg(format('r.%I', c), ', ') from unnest(cols) c), rel,
-      (select jsonb_object_agg(c.key, c.value -> 'old') from jsonb_each(target.changes) c)) || format(key_match, key_now);
+      (select jsonb_object_agg(c.key, c.value -> 'old') from jsonb_each(target.changes) c)) || audit_private.key_match_sql(rel, key_columns, key_fields, key_now);
   end if;
 
   select l.id into later from audit.log l
@@ -208,7 +220,7 @@ begin
     s.problem := format('the row differs since in column(s) %s', array_to_string(differing, ', '));
   elsif target.action = 'UPDATE' and key_now <> old_key then
     -- The change gave the row a new key: moving it back needs the old key free.
-    execute format('select to_jsonb(t) from %s t where ', rel) || format(key_match, old_key) into cur;
+    execute format('select to_jsonb(t) from %s t where ', rel) || audit_private.key_match_sql(rel, key_columns, key_fields, old_key) into cur;
     if cur is not null then
       s.problem := format('key %s is taken since', audit_private.entity_id_of(tracked.primary_key, target.old_value));
     end if;

@@ -339,6 +339,17 @@ describe("what cannot be undone exactly is refused", () => {
   });
 });
 
+describe("names reach the generated SQL only quoted", () => {
+  test("a table and key column named to break format() strings revert like any other", async () => {
+    await db.pool.query(`create table shop."odd%I'name" ("k%L"")" integer primary key, "v%s" text);
+      select audit.enable_tracking('shop."odd%I''name"')`);
+    const tx = await inTx(`insert into shop."odd%I'name" values (1, 'a'), (2, 'b'); update shop."odd%I'name" set "v%s" = 'c', "k%L"")" = 3 where "k%L"")" = 2`);
+    const steps = await revert(`tx_id => ${tx}, dry_run => false`);
+    expect(steps.map((s) => [s.revert_action, s.entity_id, s.problem])).toEqual([["UPDATE", "3", null], ["DELETE", "2", null], ["DELETE", "1", null]]);
+    expect((await db.pool.query(`select count(*)::int as n from shop."odd%I'name"`)).rows[0].n).toBe(0);
+  });
+});
+
 describe("permissions: the revert runs as the caller", () => {
   test("a role without UPDATE rights cannot revert; a user can revert their own change but sees no one else's", async () => {
     await db.pool.query(`grant select on shop.items to cartop_auditor; grant select, insert, update, delete on shop.items to cartop_user`);
