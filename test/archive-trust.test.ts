@@ -114,7 +114,7 @@ describe("restore trusts the database's record, not the manifest", () => {
       await writeFile(paths.manifest, JSON.stringify({ ...manifest, columns }));
     }, async () => {
       const error = await errorOf(restoreMonth(db.pool, month, { store: fileStore(dir) }));
-      expect(error.message).toMatch(new RegExp(`^refusing to restore ${label}: the manifest lists columns .*from program.*, archive format 1 has .*\\. Nothing was changed\\.$`));
+      expect(error.message).toMatch(new RegExp(`^refusing to restore ${label}: the manifest lists columns .*from program.*, archive format \\d+ has .*\\. Nothing was changed\\.$`));
       expect(error.code).toBe("XX001");
       expect(existsSync(marker)).toBe(false);
       expect(await state()).toEqual(archivedUntouched);

@@ -78,7 +78,7 @@ describe("archive and restore", () => {
     const manifest = await readManifest(fileStore(dir), path.basename(paths.manifest));
     const fileHash = createHash("sha256").update(await readFile(paths.data)).digest("hex");
     expect(manifest).toMatchObject({
-      month: "2024-01", partition: "audit.log_2024_01", rows: 5000, sha256: fileHash, schemaVersion: 1,
+      month: "2024-01", partition: "audit.log_2024_01", rows: 5000, sha256: fileHash, schemaVersion: 2,
       firstCreatedAt: "2024-01-01T00:00:37.000Z", lastCreatedAt: new Date(Date.UTC(2024, 0, 1) + 5000 * 37_000).toISOString(),
     });
     const { rows: [recorded] } = await db.pool.query(`select status, rows, sha256 from audit.archives where month = $1`, [month]);

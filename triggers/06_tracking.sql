@@ -284,6 +284,7 @@ begin
       _ctx audit_private.context;
       _at timestamptz := statement_timestamp();
       _tx bigint := txid_current();
+      _stmt integer;
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> %2$L or tg_table_schema <> %3$L or tg_table_name <> %4$L then
         raise exception 'audit_private.%5$s: generated for %% on %%.%%, fired %% %% on %%.%%', %2$L, %3$L, %4$L, tg_when, tg_op, tg_table_schema, tg_table_name
@@ -291,6 +292,7 @@ begin
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
       _ctx := audit_private.current_context();
+      _stmt := audit_private.statement_number(tg_relid);
       %6$s;
       return null;
     end
@@ -334,7 +336,7 @@ create or replace function audit_private.write_capture_functions(tracked audit_p
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, old_entity_id, row_data, delta,
+  insert_columns constant text := 'insert into audit_private.log_entries (created_at, tx_id, statement_number, table_id, action, entity_id, old_entity_id, row_data, delta,
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
   context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
         _ctx.metadata, _ctx.db_user, _ctx.application_name';
@@ -344,7 +346,7 @@ begin
   for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
     perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, op.name, format(
       '%s
-      select _at, _tx, %s, %L, %s, null, r.row_data, null, %s
+      select _at, _tx, _stmt, %s, %L, %s, null, r.row_data, null, %s
       from (select %s as row_data from %I t offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
       audit_private.row_json_sql(tracked, target, 't'), op.transition));
@@ -352,7 +354,7 @@ begin
 
   -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
   update_select := format(
-    'select _at, _tx, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
+    'select _at, _tx, _stmt, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
@@ -381,7 +383,7 @@ begin
   -- TRUNCATE: one audit row for the statement, no entity.
   perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, 'truncate', format(
     '%s
-      values (_at, _tx, %s, %L, null, null, null, null, %s)',
+      values (_at, _tx, _stmt, %s, %L, null, null, null, null, %s)',
     insert_columns, tracked.id, 'T', context_values));
 end
 $$;

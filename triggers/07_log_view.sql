@@ -51,7 +51,8 @@ select
   e.request_id,
   e.metadata,
   e.db_user,
-  e.application_name
+  e.application_name,
+  e.statement_number -- last: create or replace view can only add columns at the end
 from audit_private.log_entries e
 join audit_private.tables t on t.id = e.table_id;
 
@@ -59,6 +60,7 @@ comment on view audit.log is 'The audit trail: one row per changed row (one per 
 comment on column audit.log.id is 'Unique; increasing within a transaction';
 comment on column audit.log.created_at is 'When the statement that made the change started';
 comment on column audit.log.tx_id is 'Id of the writing transaction (txid_current())';
+comment on column audit.log.statement_number is 'Which statement of its transaction wrote the row: 1, 2, … (one MERGE or upsert is one statement); null before statement numbers existed';
 comment on column audit.log.entity_schema is 'Schema of the audited table';
 comment on column audit.log.entity_name is 'Name of the audited table';
 comment on column audit.log.entity_id is 'Primary key as text; composite keys as a JSON array in key order, e.g. [42, "eu"]';

@@ -9,7 +9,7 @@ import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { monthSealProblems } from "../seals/seals.ts";
 import { ARCHIVE_ERRORS, ArchiveError } from "./errors.ts";
 import {
-  ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION, archiveNames, checksumOf, hasher, inspectArchive, mismatch,
+  ARCHIVE_COLUMNS, ARCHIVE_COLUMNS_BY_VERSION, ARCHIVE_SCHEMA_VERSION, archiveNames, checksumOf, hasher, inspectArchive, mismatch,
   monthLabel, readManifest, rowCounter, type FileCheck, type Manifest,
 } from "./files.ts";
 import { exportParquet } from "./parquet.ts";
@@ -62,8 +62,9 @@ async function partitionName(pool: pg.Pool, month: string): Promise<string> {
   return rows[0]!.name;
 }
 
-/** Columns in archive order, quoted: the only column list export's and restore's COPY ever use. */
-const quotedColumns = (client: pg.PoolClient) => ARCHIVE_COLUMNS.map((c) => client.escapeIdentifier(c)).join(", ");
+/** Columns of an archive format, quoted: the only column lists export's and restore's COPY ever use. */
+const quotedColumns = (client: pg.PoolClient, version = ARCHIVE_SCHEMA_VERSION) =>
+  ARCHIVE_COLUMNS_BY_VERSION[version]!.map((c) => client.escapeIdentifier(c)).join(", ");
 
 /** Refuses to export when the storage table's columns are not the archive format's (a restore would lose one). */
 async function checkColumns(client: pg.PoolClient): Promise<void> {
@@ -251,17 +252,19 @@ interface ArchiveRecord {
   firstCreatedAt: string | null;
   lastCreatedAt: string | null;
   parquetSha256: string | null;
+  /** The archive format the month was written in (ARCHIVE_COLUMNS_BY_VERSION). */
+  schemaVersion: number;
 }
 
 async function archiveRecord(db: pg.Pool | pg.PoolClient, month: string): Promise<ArchiveRecord | null> {
   const { rows } = await db.query(
-    `select status, rows, sha256, first_created_at, last_created_at, parquet_sha256 from audit.archives
+    `select status, rows, sha256, first_created_at, last_created_at, parquet_sha256, schema_version from audit.archives
       where month = $1 and status <> 'exporting'`, [month]);
   const row = rows[0];
   if (!row) return null;
   const iso = (t: Date | null) => (t ? t.toISOString() : null);
   return { status: row.status, rows: Number(row.rows), sha256: row.sha256, firstCreatedAt: iso(row.first_created_at), lastCreatedAt: iso(row.last_created_at),
-    parquetSha256: row.parquet_sha256 };
+    parquetSha256: row.parquet_sha256, schemaVersion: Number(row.schema_version ?? 1) };
 }
 
 /**
@@ -284,11 +287,12 @@ function disagreement(record: ArchiveRecord, manifest: Manifest, check: FileChec
   return columnsProblem(manifest);
 }
 
-/** The manifest's column list must be exactly the one this version writes; it never reaches SQL either way. */
+/** The manifest's column list must be exactly its format version's; it never reaches SQL either way. */
 function columnsProblem(manifest: Manifest): string | null {
   const columns = Array.isArray(manifest.columns) ? manifest.columns : [];
-  if (columns.length === ARCHIVE_COLUMNS.length && columns.every((c, i) => c === ARCHIVE_COLUMNS[i])) return null;
-  return `the manifest lists columns ${JSON.stringify(manifest.columns)}, archive format ${ARCHIVE_SCHEMA_VERSION} has ${JSON.stringify(ARCHIVE_COLUMNS)}`;
+  const expected = ARCHIVE_COLUMNS_BY_VERSION[manifest.schemaVersion] ?? [];
+  if (columns.length === expected.length && columns.every((c, i) => c === expected[i])) return null;
+  return `the manifest lists columns ${JSON.stringify(manifest.columns)}, archive format ${manifest.schemaVersion} has ${JSON.stringify(expected)}`;
 }
 
 /** Why the month's Parquet copy does not match its recorded checksum, or null (also when none was written). */
@@ -369,7 +373,7 @@ export async function restoreMonth(pool: pg.Pool, month: string, options: Pick<A
     const counter = rowCounter((rows) => options.onRows?.(rows, record.rows));
     await pipeline(
       await options.store.get(names.data), createGunzip(), counter,
-      client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${quotedColumns(client)}) from stdin`)),
+      client.query(copyFrom(`copy audit.${client.escapeIdentifier(partition)} (${quotedColumns(client, record.schemaVersion)}) from stdin`)),
     );
     if (!state.present) await client.query("select audit_private.attach_restore_table($1::date)", [month]);
     if (counter.rows !== record.rows) {

@@ -10,9 +10,16 @@ import type { ArchiveStore } from "./store.ts";
 /** Storage columns in archive order. Changing them means a new ARCHIVE_SCHEMA_VERSION. */
 export const ARCHIVE_COLUMNS = [
   "id", "created_at", "tx_id", "table_id", "action", "entity_id", "old_entity_id", "row_data", "delta", "user_id", "user_email",
-  "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name",
+  "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name", "statement_number",
 ] as const;
-export const ARCHIVE_SCHEMA_VERSION = 1;
+// 2 added statement_number.
+export const ARCHIVE_SCHEMA_VERSION = 2;
+/** The columns each readable format holds, in file order: restore copies a file with its version's list (never the manifest's). */
+export const ARCHIVE_COLUMNS_BY_VERSION: Readonly<Record<number, readonly string[]>> = {
+  1: ARCHIVE_COLUMNS.filter((c) => c !== "statement_number"),
+  2: ARCHIVE_COLUMNS,
+};
+const READABLE_SCHEMA_VERSIONS = Object.keys(ARCHIVE_COLUMNS_BY_VERSION).map(Number);
 
 
 export interface Manifest {
@@ -152,8 +159,8 @@ export async function readManifest(store: ArchiveStore, name: string): Promise<M
   if (typeof m.sha256 !== "string" || typeof m.rows !== "number" || typeof m.month !== "string") {
     throw new Error(`manifest ${where} is missing sha256, rows or month`);
   }
-  if (m.schemaVersion !== ARCHIVE_SCHEMA_VERSION) {
-    throw new Error(`manifest ${where} has schema version ${m.schemaVersion}; this version reads ${ARCHIVE_SCHEMA_VERSION}`);
+  if (!READABLE_SCHEMA_VERSIONS.includes(m.schemaVersion as number)) {
+    throw new Error(`manifest ${where} has schema version ${m.schemaVersion}; this version reads ${READABLE_SCHEMA_VERSIONS.join(" and ")}`);
   }
   return m as Manifest;
 }

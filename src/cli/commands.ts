@@ -18,8 +18,17 @@ import { createLogger, type Logger } from "../log.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
 import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { startWorker } from "../worker/worker.ts";
-import { phasedProgress, printResult, printRows, progress, snakeCase, type OutputOptions } from "./output.ts";
+import { phasedProgress, printResult, printRows, progress, revertPreview, snakeCase, type OutputOptions, type RevertStep } from "./output.ts";
 import { recordRunning, runningFile, runningProject } from "./running.ts";
+
+interface RevertOptions {
+  tx?: number;
+  statement?: number;
+  logId?: number;
+  requestId?: string;
+  skipConflicts?: boolean;
+  apply?: boolean;
+}
 
 let cliLogger: Logger | undefined;
 /** The process's structured logger (stderr), at LOG_LEVEL (info while the configuration is invalid, to report that). */
@@ -305,6 +314,38 @@ export async function buildProgram(): Promise<Command> {
             order by l.id desc limit $3`, [table, id, options.limit]);
         printRows(rows, options, `no audit rows for ${table} ${id}`);
       });
+    });
+
+  const revertCommand = program
+    .command("revert")
+    .description("undo a transaction, one statement of it, one audit row or one request: a preview (a diff per row) unless --apply; exit 1 when a conflict refuses it")
+    .option("--tx <tx_id>", "the transaction (audit.log tx_id)", nonNegativeInteger)
+    .option("--statement <n>", "only this statement of the transaction (audit.log statement_number)", nonNegativeInteger)
+    .option("--log-id <id>", "only this audit row", nonNegativeInteger)
+    .option("--request-id <id>", "every change of this request (audit.log request_id)")
+    .option("--skip-conflicts", "leave conflicting rows as they are and revert the rest")
+    .option("--apply", "make the changes (default: a dry run that changes nothing)")
+    .addOption(jsonOption())
+    .action(async (options: RevertOptions & OutputOptions) => {
+      if (options.statement !== undefined && options.tx === undefined) {
+        revertCommand.error("error: --statement needs --tx", { exitCode: 2, code: "commander.usage" });
+      }
+      const steps = await withDatabase(async (pool) => {
+        const { rows } = await pool.query<RevertStep>(
+          `select * from audit.revert(log_id => $1, tx_id => $2, statement_number => $3, request_id => $4,
+                                      dry_run => $5, on_conflict => $6)`,
+          [options.logId ?? null, options.tx ?? null, options.statement ?? null, options.requestId ?? null,
+            !options.apply, options.skipConflicts ? "skip" : "refuse"]);
+        return rows;
+      });
+      if (options.json) {
+        process.stdout.write(`${JSON.stringify(steps, null, 2)}\n`);
+      } else {
+        process.stdout.write(revertPreview(steps, Boolean(options.apply)));
+      }
+      // A dry run that finds a problem is a revert that would be refused (skipped conflicts aside).
+      const refused = steps.some((s) => s.problem_code !== null && !(options.skipConflicts && s.problem_code === "55000"));
+      if (refused) process.exitCode = 1;
     });
 
   program

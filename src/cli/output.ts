@@ -119,3 +119,48 @@ export function phasedProgress(label: string, phases: readonly string[], options
     stop: () => bar.stop(),
   };
 }
+
+/** One row of audit.revert (the SQL type audit.revert_step). */
+export interface RevertStep {
+  step: number;
+  log_id: string;
+  tx_id: string;
+  statement_number: number | null;
+  entity_schema: string;
+  entity_name: string;
+  entity_id: string | null;
+  action: string;
+  revert_action: string | null;
+  statement: string | null;
+  current_value: Record<string, unknown> | null;
+  reverted_value: Record<string, unknown> | null;
+  problem: string | null;
+  problem_code: string | null;
+  applied: boolean;
+}
+
+/** A readable revert: per row what it does, as a diff (- now, + after), and any problem. */
+export function revertPreview(steps: RevertStep[], apply: boolean): string {
+  const lines: string[] = [];
+  for (const s of steps) {
+    const verb = s.problem ? (s.problem_code === "55000" ? "CONFLICT" : "REFUSED") : apply ? (s.applied ? "done" : "skipped") : "would run";
+    lines.push(`${s.step}. ${s.revert_action ?? "-"} ${s.entity_schema}.${s.entity_name} ${s.entity_id ?? ""} ` +
+      `(undoes ${s.action} of audit row ${s.log_id}, statement ${s.statement_number ?? "?"}): ${verb}`);
+    if (s.problem) lines.push(`   ${s.problem}`);
+    const now = s.current_value ?? {};
+    const after = s.reverted_value ?? {};
+    for (const key of [...new Set([...Object.keys(now), ...Object.keys(after)])].sort()) {
+      const a = key in now ? JSON.stringify(now[key]) : undefined;
+      const b = key in after ? JSON.stringify(after[key]) : undefined;
+      if (a === b) continue;
+      if (a !== undefined) lines.push(`   - ${key}: ${a}`);
+      if (b !== undefined) lines.push(`   + ${key}: ${b}`);
+    }
+  }
+  const problems = steps.filter((s) => s.problem).length;
+  const applied = steps.filter((s) => s.applied).length;
+  lines.push(apply
+    ? `${applied} of ${steps.length} row(s) reverted${problems ? `, ${problems} skipped` : ""}`
+    : `dry run: ${steps.length} row(s), ${problems} problem(s); nothing changed (--apply to revert)`);
+  return `${lines.join("\n")}\n`;
+}

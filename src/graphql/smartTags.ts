@@ -1,4 +1,4 @@
-// What the GraphQL schema shows. Only the application tables and the audit trail (read-only) are exposed;
+// What the GraphQL schema shows. Only the application tables, the audit trail (read-only) and undo are exposed;
 // partition and archive bookkeeping, the tracking API and every internal function stay SQL-only.
 import { jsonPgSmartTags } from "postgraphile/utils";
 
@@ -25,6 +25,10 @@ export const smartTagsPlugin = jsonPgSmartTags({
       "audit.entity_history": { tags: { name: "entity_history" } },
       "audit.user_activity": { tags: { name: "user_activity" } },
       "audit.row_as_of": { tags: { name: "row_as_of" } },
+      // Mutation revert (dry run unless dryRun: false) and query field netChange; the database decides who
+      // may (execute: users and auditors; the writes themselves need the caller's own grants).
+      "audit.revert": { tags: { name: "revert" } },
+      "audit.net_change": { tags: { name: "net_change" } },
       ...Object.fromEntries(
       [
         "audit.set_context", "audit.enable_tracking", "audit.disable_tracking", "audit.ensure_partitions",
