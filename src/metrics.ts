@@ -6,6 +6,7 @@
 // Metric names are documented in the README; ops/prometheus-alerts.yml alerts on the important ones.
 import type pg from "pg";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { ReadReplica } from "./db/readReplica.ts";
 import type { Logger } from "./log.ts";
 import { TASK_NAMES } from "./worker/tasks.ts";
 
@@ -77,11 +78,10 @@ function monthsAhead(partitions: SystemRow["partitions"], now = new Date()): num
 }
 
 /**
- * `readPool` says where the trail's own queries go (a usable read replica, or the primary); bookkeeping
- * that must see the primary's latest state (the summary's bounds, the settled counts) stays on `ownerPool`.
+ * With a read replica, the trail's own queries go there while it is usable; bookkeeping that must see the
+ * primary's latest state (the summary's bounds, the settled counts) stays on `ownerPool`.
  */
-export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger: Logger,
-  readPool: () => Promise<pg.Pool> = async () => ownerPool): Metrics {
+export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger: Logger, replica?: ReadReplica): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const gauge = (name: string, help: string, labelNames: string[] = []) =>
@@ -113,13 +113,20 @@ export function createMetrics(ownerPool: pg.Pool, watched: WatchedPool[], logger
   const coverageCheckedAt = gauge("coverage_checked_timestamp_seconds", "When the worker last ran the capture-coverage check (Unix time)");
   const lastSealedDay = gauge("last_sealed_day_timestamp_seconds", "Start of the last sealed UTC day (Unix time)");
   const unsealedDays = gauge("unsealed_days", "Finished UTC days not sealed yet (0 normally; 1 in the hour after midnight, before the day is sealed)");
+  const replicaUsable = gauge("read_replica_usable", "1 if audit reads go to the read replica (DATABASE_READ_URL) now, 0 if they fall back to the primary (only with a replica)");
+  const replicaLag = gauge("read_replica_lag_seconds", "How far the read replica is behind the primary, in seconds (only with a replica that answers)");
   const workerJobs = gauge("worker_jobs", "graphile-worker jobs by state: waiting, locked (running), failing (will retry), dead (out of attempts)", ["state"]);
 
   const rowCounts = rowsWrittenReader(ownerPool);
   let scraping: Promise<unknown> = Promise.resolve();
 
   async function readSystem(): Promise<void> {
-    const reader = await readPool();
+    const replicaState = await replica?.state();
+    if (replicaState) {
+      replicaUsable.set(replicaState.usable ? 1 : 0);
+      if (replicaState.lagSeconds !== null && Number.isFinite(replicaState.lagSeconds)) replicaLag.set(replicaState.lagSeconds);
+    }
+    const reader = replica && replicaState?.usable ? replica.pool : ownerPool;
     const { rows: [row] } = await reader.query<SystemRow>(SYSTEM_SQL);
     const system = row!;
     rowsWritten.reset();

@@ -151,8 +151,14 @@ describe("audit reads on a streaming standby", () => {
 
   test("/metrics reads the trail counters from the standby and agrees with the primary", async () => {
     const scrape = async (api: RunningServer) => (await (await fetch(`${api.url}/metrics`)).text())
-      .split("\n").filter((line) => line.startsWith("cartop_audit_rows_written_total{"));
-    expect(await scrape(tolerant)).toEqual([`cartop_audit_rows_written_total{table="app.products",action="INSERT"} 3`]);
+      .split("\n").filter((line) => /^cartop_audit_(rows_written_total\{|read_replica_(usable|lag_seconds) )/.test(line));
+    const lines = await scrape(tolerant);
+    expect(lines.slice(0, 2)).toEqual([
+      `cartop_audit_rows_written_total{table="app.products",action="INSERT"} 3`,
+      "cartop_audit_read_replica_usable 1",
+    ]);
+    // Each request's rate-limit upsert moves the primary on, so the lag is 0 or the few milliseconds since.
+    expect(lines[2]).toMatch(/^cartop_audit_read_replica_lag_seconds \d+(\.\d+)?(e-\d+)?$/);
   });
 
   test("a long read on the standby is cancelled by a recovery conflict (40001) when the primary vacuums, and is one the API retries on the primary", async () => {

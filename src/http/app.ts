@@ -65,8 +65,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
   const replica = options.readUrl ? new ReadReplica(options.readUrl, ownerPool, options.readMaxLagSeconds ?? 5, logger) : undefined;
   // /metrics reads the trail where audit reads go: the replica while it is usable.
-  const readPool = async () => (replica && (await replica.state()).usable ? replica.pool : ownerPool);
-  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger, readPool);
+  const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger, replica);
 
   app.use(requestId);
   // Everything logged while handling the request, by any code, carries its request id.
