@@ -1,5 +1,5 @@
 // Audit reads on a real streaming standby (DATABASE_READ_URL). The test makes its own PostgreSQL 15 primary
-// (initdb, as the postgres OS user) and a standby of it (pg_basebackup -R), on ports 56100/56101, whichever
+// (initdb, as the postgres OS user) and a standby of it (pg_basebackup -R), on the first free ports from 56100, whichever
 // server the rest of the suite runs against: the suite's server need not allow replication connections.
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import { execFile } from "node:child_process";
@@ -10,14 +10,16 @@ import path from "node:path";
 import { promisify } from "node:util";
 import jwt from "jsonwebtoken";
 import pg from "pg";
+import { freePort } from "../src/db/embedded.ts";
 import { runMigrations } from "../src/db/migrate.ts";
 import { retryOnPrimary } from "../src/graphql/readRouting.ts";
 import { startServer, type RunningServer } from "../src/http/app.ts";
 
 const exec = promisify(execFile);
 const BIN = "/usr/lib/postgresql/15/bin";
-const PRIMARY_PORT = 56100;
-const STANDBY_PORT = 56101;
+// The first free ports from 56100: two suite runs (or anything else) on one machine do not collide.
+const PRIMARY_PORT = await freePort(56100);
+const STANDBY_PORT = await freePort(PRIMARY_PORT + 1);
 const SECRET = "replica-test-secret-0123456789abcdef";
 const primaryUrl = `postgres://postgres@127.0.0.1:${PRIMARY_PORT}/cartop_replica`;
 const standbyUrl = `postgres://postgres@127.0.0.1:${STANDBY_PORT}/cartop_replica`;
