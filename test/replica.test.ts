@@ -101,7 +101,7 @@ afterAll(async () => {
   if (base) await rm(base, { recursive: true, force: true });
 });
 
-const token = (sub: string, role: "user" | "auditor") => jwt.sign({ sub, role }, SECRET);
+const token = (sub: string, role: "user" | "auditor") => jwt.sign({ sub, role }, SECRET, { expiresIn: "1h" });
 
 async function gql(api: RunningServer, query: string, bearer?: string) {
   const response = await fetch(`${api.url}/graphql`, {
