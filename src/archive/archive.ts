@@ -5,6 +5,7 @@
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type pg from "pg";
+import { columnsMismatch, storedColumns } from "../db/storedColumns.ts";
 import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { monthSealProblems } from "../seals/seals.ts";
 import { ARCHIVE_ERRORS, ArchiveError } from "./errors.ts";
@@ -68,14 +69,8 @@ const quotedColumns = (client: pg.PoolClient, version = ARCHIVE_SCHEMA_VERSION) 
 
 /** Refuses to export when the storage table's columns are not the archive format's (a restore would lose one). */
 async function checkColumns(client: pg.PoolClient): Promise<void> {
-  const { rows } = await client.query<{ names: string[] }>(
-    `select array_agg(attname::text order by attnum) as names from pg_attribute
-      where attrelid = 'audit_private.log_entries'::regclass and attnum > 0 and not attisdropped`);
-  const names = rows[0]!.names;
-  if (names.join(",") !== ARCHIVE_COLUMNS.join(",")) {
-    throw new ArchiveError(`archive: audit_private.log_entries has columns ${names.join(", ")}, archive format ${ARCHIVE_SCHEMA_VERSION} ` +
-      `has ${ARCHIVE_COLUMNS.join(", ")}`, ARCHIVE_ERRORS.wrongState, "update ARCHIVE_COLUMNS and bump ARCHIVE_SCHEMA_VERSION");
-  }
+  const problem = columnsMismatch(await storedColumns(client), ARCHIVE_COLUMNS, `archive format ${ARCHIVE_SCHEMA_VERSION}`);
+  if (problem) throw new ArchiveError(`archive: ${problem}`, ARCHIVE_ERRORS.wrongState, "update ARCHIVE_COLUMNS and bump ARCHIVE_SCHEMA_VERSION (src/archive/files.ts)");
 }
 
 /** Step 1: stream the month out in one snapshot, compressed, hashed and counted on the way. */
