@@ -9,6 +9,7 @@ import { archiveDue } from "../archive/due.ts";
 import { queryArchive } from "../archive/parquet.ts";
 import { openArchiveStore } from "../archive/store.ts";
 import { parseMonth } from "../archive/files.ts";
+import { coverageProblems } from "../coverage/problems.ts";
 import { readConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
 import { runMigrations } from "../db/migrate.ts";
@@ -354,8 +355,7 @@ export async function buildProgram(): Promise<Command> {
     .addOption(jsonOption())
     .action(async (options: OutputOptions) => {
       const problems = await withDatabase(async (pool, config) => {
-        const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
-          "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
+        const rows = await coverageProblems(pool, config.premakeMonths);
         const { rows: archived } = await pool.query<{ month: string }>(
           "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = 'archived' order by month");
         const store = openArchiveStore(config);

@@ -5,6 +5,7 @@ import type pg from "pg";
 import { archiveDue } from "../archive/due.ts";
 import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
+import { coverageProblems } from "../coverage/problems.ts";
 import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { sealDays } from "../seals/seals.ts";
 
@@ -89,8 +90,7 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
     audit__seal_days: recorded(pool, "audit__seal_days", (helpers) => exclusively(pool, MAINTENANCE_LOCK, () => sealFinishedDays(helpers))),
 
     audit__check_coverage: recorded(pool, "audit__check_coverage", async (helpers) => {
-      const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
-        "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
+      const rows = await coverageProblems(pool, config.premakeMonths);
       for (const p of rows) helpers.logger.warn(`coverage: ${p.check_name} ${p.object}: ${p.problem}`);
       return { problems: rows };
     }),
