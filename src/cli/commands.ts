@@ -4,6 +4,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
+import { createPool } from "../db/pool.ts";
 import { restoreMonth, verifyArchive } from "../archive/archive.ts";
 import { archiveDue } from "../archive/due.ts";
 import { queryArchive } from "../archive/parquet.ts";
@@ -76,7 +77,7 @@ function month(text: string): string {
 async function withDatabase<T>(work: (pool: pg.Pool, config: Config, database: Database) => Promise<T>): Promise<T> {
   const config = readConfig();
   const database = await openDatabase(config, log);
-  const pool = new pg.Pool({ connectionString: database.url, max: 4 });
+  const pool = createPool(database.url, { max: 4 });
   try {
     return await work(pool, config, database);
   } finally {
