@@ -42,14 +42,16 @@ begin
   select * into last_seal from audit.seals order by day desc limit 1;
   if last_seal.day is null then
     if new.previous_digest is not null then
-      raise exception 'the first seal (%) cannot link to a previous one', new.day;
+      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
+        using errcode = 'check_violation';
     end if;
   elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
-    raise exception 'seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
-      using hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
   end if;
   if new.day >= (now() at time zone 'UTC')::date then
-    raise exception 'day % is not finished yet (UTC)', new.day;
+    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
+      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
   end if;
   return new;
 end

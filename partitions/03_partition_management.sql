@@ -88,7 +88,7 @@ declare
   range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
-    raise exception 'audit.create_partition: month must not be null';
+    raise exception 'audit.create_partition: month must not be null' using errcode = 'null_value_not_allowed';
   end if;
   lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.

@@ -106,7 +106,8 @@ begin
     return false;
   end if;
   if state.attached then
-    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month);
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
+      using errcode = 'object_not_in_prerequisite_state';
   end if;
   execute format('drop table audit.%I', audit_private.partition_name(month));
   return true;
@@ -127,7 +128,8 @@ declare
   part_name text := audit_private.partition_name(month);
 begin
   if month is null or (audit_private.partition_state(month)).present then
-    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name;
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
+      using errcode = 'duplicate_table';
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',

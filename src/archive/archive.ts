@@ -15,6 +15,7 @@ import {
 } from "./files.ts";
 import { exportParquet } from "./parquet.ts";
 import { putThrough, type ArchiveStore } from "./store.ts";
+import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 export type ArchiveStep = "exported" | "verified" | "detached" | "archived";
 
@@ -215,13 +216,13 @@ async function detachWithRetries(pool: pg.Pool, month: string, expectedRows: num
       return;
     } catch (error) {
       await client.query("rollback").catch(() => {});
-      const code = (error as { code?: string }).code;
-      if (code === "55P03" && attempt < attempts) {
+      const code = sqlstateOf(error);
+      if (code === SQLSTATE.lockNotAvailable && attempt < attempts) {
         // lock_not_available: writers are busy; back off and try again rather than queue them behind us.
         await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 100 * 2 ** attempt)));
         continue;
       }
-      if (code === "22000") {
+      if (code === SQLSTATE.dataException) {
         // Rows changed since the export: go back and export again.
         await record(pool, month, { status: "exporting" });
       }

@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { jsonOption, nonNegativeInteger, withDatabase } from "./context.ts";
 import { printResult, printRows, revertPreview, type OutputOptions, type RevertStep } from "./output.ts";
+import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 interface RevertOptions {
   tx?: number;
@@ -28,7 +29,7 @@ export function addTrackingCommands(program: Command): void {
             [table, options.exclude ?? [], options.mask ?? [], options.dropProtections === true]);
         } catch (error) {
           // The SQL hint names the SQL argument; say what to type here instead.
-          if ((error as { code?: string }).code === "22023" && /would no longer/.test((error as Error).message)) {
+          if (sqlstateOf(error) === SQLSTATE.invalidParameterValue && /would no longer/.test((error as Error).message)) {
             throw new Error(`${(error as Error).message}: name them again (--exclude, --mask), or add --drop-protections`);
           }
           throw error;
@@ -51,7 +52,7 @@ export function addTrackingCommands(program: Command): void {
           await pool.query("select audit.disable_tracking($1::regclass)", [table]);
         } catch (error) {
           // Not tracked: already in the state asked for, so not a failure (exit 0), but say so.
-          if ((error as { code?: string }).code !== "42704") throw error;
+          if (sqlstateOf(error) !== SQLSTATE.undefinedObject) throw error;
           if (!options.json) process.stdout.write(`${table} was not tracked: nothing to do\n`);
           else printResult({ table, tracked: false, was_tracked: false }, options);
           return;
@@ -108,7 +109,7 @@ export function addTrackingCommands(program: Command): void {
         process.stdout.write(revertPreview(steps, Boolean(options.apply)));
       }
       // A dry run that finds a problem is a revert that would be refused (skipped conflicts aside).
-      const refused = steps.some((s) => s.problem_code !== null && !(options.skipConflicts && s.problem_code === "55000"));
+      const refused = steps.some((s) => s.problem_code !== null && !(options.skipConflicts && s.problem_code === SQLSTATE.objectNotInPrerequisiteState));
       if (refused) process.exitCode = 1;
     });
 }

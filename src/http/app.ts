@@ -173,7 +173,7 @@ function listen(server: http.Server, port: number): Promise<void> {
 }
 
 function requestIdOf(req: http.IncomingMessage): string {
-  return (req as Request & { requestId: string }).requestId;
+  return (req as Request).requestId;
 }
 
 /** Scrapes per minute per client: Prometheus scrapes every 15-60 s. */

@@ -7,6 +7,7 @@ import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
 import { coverageProblems } from "../coverage/problems.ts";
 import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
+import { TASK_NAMES } from "../db/taskNames.ts";
 import { sealDays } from "../seals/seals.ts";
 
 /**
@@ -28,11 +29,6 @@ export const crontab = [
   "*/10 * * * * audit__check_coverage ?jobKey=audit__check_coverage&jobKeyMode=replace&queue=audit__check_coverage",
   "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace&queue=audit__archive_partitions",
 ].join("\n");
-
-/** Every scheduled task, by name (metrics show each from the start, with zero runs). */
-export const TASK_NAMES = [
-  "audit__ensure_partitions", "audit__summarize_activity", "audit__seal_days", "audit__check_coverage", "audit__archive_partitions",
-] as const;
 
 /** A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up. */
 const SEAL_BUDGET_SECONDS = 300;

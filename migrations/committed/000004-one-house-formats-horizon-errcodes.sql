@@ -1,6 +1,6 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:3227d527287a83d5edd4a5d54d6daca6d15a4f9c
---! Message: one house: seal format 2, premake horizon in the database, partition_state
+--! Hash: sha1:51d6f1a3acd886ceca6353191fd5653733babe7e
+--! Message: one house: formats, horizon, errcodes
 
 -- source: triggers/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -199,7 +199,7 @@ declare
   range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
-    raise exception 'audit.create_partition: month must not be null';
+    raise exception 'audit.create_partition: month must not be null' using errcode = 'null_value_not_allowed';
   end if;
   lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
@@ -1642,7 +1642,8 @@ begin
     return false;
   end if;
   if state.attached then
-    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month);
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
+      using errcode = 'object_not_in_prerequisite_state';
   end if;
   execute format('drop table audit.%I', audit_private.partition_name(month));
   return true;
@@ -1663,7 +1664,8 @@ declare
   part_name text := audit_private.partition_name(month);
 begin
   if month is null or (audit_private.partition_state(month)).present then
-    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name;
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
+      using errcode = 'duplicate_table';
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
@@ -1983,14 +1985,16 @@ begin
   select * into last_seal from audit.seals order by day desc limit 1;
   if last_seal.day is null then
     if new.previous_digest is not null then
-      raise exception 'the first seal (%) cannot link to a previous one', new.day;
+      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
+        using errcode = 'check_violation';
     end if;
   elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
-    raise exception 'seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
-      using hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
   end if;
   if new.day >= (now() at time zone 'UTC')::date then
-    raise exception 'day % is not finished yet (UTC)', new.day;
+    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
+      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
   end if;
   return new;
 end
