@@ -225,3 +225,6 @@ end
 $$;
 
 comment on function audit.drain_default_partition() is 'Moves rows out of audit.log_default into monthly partitions, creating them';
+
+-- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
+select audit.ensure_partitions(3);

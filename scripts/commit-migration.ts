@@ -1,4 +1,4 @@
-// Commits the SQL sources (triggers/, partitions/, reporting/, integrity/, example/) as the next graphile-migrate migration.
+// Commits the SQL sources (src/db/sourceSql.ts lists their folders, in install order) as the next graphile-migrate migration.
 // Needs DATABASE_URL, SHADOW_DATABASE_URL and ROOT_DATABASE_URL (graphile-migrate's own variables):
 //   DATABASE_URL=postgres://postgres@127.0.0.1:5432/cartop_dev \
 //   SHADOW_DATABASE_URL=postgres://postgres@127.0.0.1:5432/cartop_shadow \

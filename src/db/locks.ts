@@ -5,7 +5,7 @@ import type pg from "pg";
  * Sealing and archiving change the trail's bookkeeping (audit.seals, audit.archives, the archive files) in
  * steps: two runs at once would write the same files. They share one lock, so an archive run (which seals
  * first) and a seal run never interleave either. It is a lock on a table only the trail's owner may lock
- * (integrity/15_task_runs.sql), so no other role can take it and stall them, as it could an advisory key.
+ * (operations/01_task_runs.sql), so no other role can take it and stall them, as it could an advisory key.
  */
 export const MAINTENANCE_LOCK = "audit_private.seal_and_archive_runs";
 

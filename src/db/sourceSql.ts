@@ -1,38 +1,47 @@
-// The SQL source of truth lives in triggers/, partitions/, reporting/, integrity/ and example/ as idempotent files. A migration
-// that installs them is their concatenation, in the order of the files' numeric prefixes (unique across
-// the folders). `npm run migration:commit` writes it; test/migrations.test.ts fails when they drift.
+// The SQL source of truth: idempotent files in folders named for what they hold. The install order is declared
+// here once: the folders in this order, and inside each folder its files by their NN_ prefix. A migration that
+// installs them is their concatenation in that order. `npm run migration:commit` writes it;
+// test/migrations.test.ts fails when they drift.
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-export const sourceFolders = ["triggers", "partitions", "reporting", "integrity", "example"] as const;
+export const sourceFolders = [
+  "base", // schemas and roles
+  "partitions", // the trail's storage, its append-only guard and the monthly partition lifecycle (premake, archive)
+  "triggers", // capture: the session context and the tracking API that generates each table's capture
+  "reading", // the audit.log view, history, reporting and undo
+  "integrity", // seals and the coverage check
+  "operations", // what the worker and the API keep in the database: task runs, shared rate limits
+  "example", // the example application schema
+] as const;
 
 export interface SourceFile {
-  /** Path relative to the project root, e.g. `triggers/06_tracking.sql`. */
+  /** Path relative to the project root, e.g. `triggers/02_tracking.sql`. */
   relativePath: string;
-  order: number;
   content: string;
 }
 
+/** Every SQL source file, in install order: folder by folder, inside a folder by prefix (unique there). */
 export async function readSourceFiles(root = projectRoot): Promise<SourceFile[]> {
   const files: SourceFile[] = [];
   for (const folder of sourceFolders) {
+    const named: { order: number; name: string }[] = [];
     for (const name of await readdir(path.join(root, folder))) {
       if (!name.endsWith(".sql")) continue;
-      const match = /^(\d+)_/.exec(name);
+      const match = /^(\d+)_[a-z0-9_]+\.sql$/.exec(name);
       if (!match) throw new Error(`${folder}/${name}: SQL source files are named NN_description.sql`);
-      files.push({
-        relativePath: `${folder}/${name}`,
-        order: Number(match[1]),
-        content: await readFile(path.join(root, folder, name), "utf8"),
-      });
+      named.push({ order: Number(match[1]), name });
     }
-  }
-  files.sort((a, b) => a.order - b.order);
-  for (let i = 1; i < files.length; i++) {
-    if (files[i]!.order === files[i - 1]!.order) {
-      throw new Error(`${files[i - 1]!.relativePath} and ${files[i]!.relativePath} share the prefix ${files[i]!.order}`);
+    named.sort((a, b) => a.order - b.order);
+    for (let i = 1; i < named.length; i++) {
+      if (named[i]!.order === named[i - 1]!.order) {
+        throw new Error(`${folder}/${named[i - 1]!.name} and ${folder}/${named[i]!.name} share the prefix ${named[i]!.order}`);
+      }
+    }
+    for (const { name } of named) {
+      files.push({ relativePath: `${folder}/${name}`, content: await readFile(path.join(root, folder, name), "utf8") });
     }
   }
   return files;

@@ -1,4 +1,4 @@
-// express-rate-limit's Store, kept in PostgreSQL (integrity/18_rate_limits.sql): every API instance counts
+// express-rate-limit's Store, kept in PostgreSQL (operations/02_rate_limits.sql): every API instance counts
 // into the same rows, so two instances behind a load balancer allow RATE_LIMIT_PER_MINUTE together, not each.
 import type { ClientRateLimitInfo, Options, Store } from "express-rate-limit";
 import type pg from "pg";

@@ -1,4 +1,4 @@
-// Tamper-evident seals (integrity/13_seals.sql): seal each finished UTC day of the trail with a digest of
+// Tamper-evident seals (integrity/01_seals.sql): seal each finished UTC day of the trail with a digest of
 // its rows chained to the previous day's seal, keep a copy of every seal in the archive store (directory or bucket), and
 // verify both against the rows.
 //

@@ -1,8 +1,8 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:51d6f1a3acd886ceca6353191fd5653733babe7e
---! Message: one house: formats, horizon, errcodes
+--! Hash: sha1:465844ea1f40e9f6e1654d92b9bb3777afa01677
+--! Message: one house: SQL in install order, formats, horizon, errcodes
 
--- source: triggers/01_schemas_and_roles.sql
+-- source: base/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
 --
 -- audit          the public contract: the audit.log view, tracking API, partition API, context setter
@@ -42,7 +42,7 @@ revoke all on schema audit, audit_private from public;
 grant usage on schema audit to cartop_anonymous, cartop_user, cartop_auditor;
 grant usage on schema audit_private to cartop_user, cartop_auditor, cartop_capture;
 
--- source: partitions/02_log_storage.sql
+-- source: partitions/01_log_storage.sql
 -- Where audit rows are stored: one range-partitioned table, one partition per calendar month (UTC).
 --
 -- Compact by design: an INSERT keeps the new row, a DELETE the old row, and an UPDATE the old row plus
@@ -107,6 +107,48 @@ create index if not exists log_entries_created_at_brin on audit_private.log_entr
 create table if not exists audit.log_default partition of audit_private.log_entries default;
 comment on table audit.log_default is
   'Audit rows whose month had no partition yet. Should stay empty: audit.ensure_partitions moves rows out.';
+
+-- source: partitions/02_immutability.sql
+-- The audit trail is append-only: no role, the owner included, may UPDATE, DELETE or TRUNCATE it.
+-- Old months leave only as whole partitions (detach/drop) through the archive path.
+-- Statement-level guards refuse the statement even when it would touch no row. Statement triggers are
+-- not inherited by partitions, so every partition gets its own (audit_private.protect_partition).
+
+create or replace function audit_private.tg__append_only()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception 'audit trail is append-only: % on %.% is not allowed', tg_op, tg_table_schema, tg_table_name
+    using errcode = 'insufficient_privilege',
+          hint = 'Old months leave the database as whole partitions through the archive path.';
+end
+$$;
+
+create or replace function audit_private.protect_partition(target regclass)
+  returns void
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if exists (select from pg_trigger where tgrelid = target and tgname = '_100_append_only') then
+    execute format('drop trigger _100_append_only on %s', target);
+  end if;
+  execute format(
+    'create trigger _100_append_only before update or delete or truncate on %s
+       for each statement execute function audit_private.tg__append_only()', target);
+end
+$$;
+
+select audit_private.protect_partition('audit_private.log_entries'::regclass);
+select audit_private.protect_partition(inhrelid::regclass)
+  from pg_inherits where inhparent = 'audit_private.log_entries'::regclass;
+
+-- Privileges: nobody gets write access to the storage; capture writes through security definer functions.
+revoke all on audit_private.log_entries from public;
+revoke all on audit.log_default from public;
 
 -- source: partitions/03_partition_management.sql
 -- Monthly partitions: naming, creation (one month, or the current month and N ahead), and status.
@@ -337,49 +379,167 @@ $$;
 
 comment on function audit.drain_default_partition() is 'Moves rows out of audit.log_default into monthly partitions, creating them';
 
--- source: triggers/04_immutability.sql
--- The audit trail is append-only: no role, the owner included, may UPDATE, DELETE or TRUNCATE it.
--- Old months leave only as whole partitions (detach/drop) through the archive path.
--- Statement-level guards refuse the statement even when it would touch no row. Statement triggers are
--- not inherited by partitions, so every partition gets its own (audit_private.protect_partition).
+-- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
+select audit.ensure_partitions(3);
 
-create or replace function audit_private.tg__append_only()
-  returns trigger
-  language plpgsql
+-- source: partitions/04_archives.sql
+-- Archiving old months: a recorded state machine per month, driven by the worker or the CLI
+-- (src/archive/). The database side: the manifest table and the helpers that touch partitions.
+--
+--   exporting → exported → verified → detached → archived      (restored: brought back from its file)
+--
+-- Each step is recorded before the next begins, so a job killed anywhere and run again resumes where it
+-- stopped; a step that finds its work already done (file written, partition detached or gone) records it.
+
+create table if not exists audit.archives (
+  month            date        primary key,
+  partition_name   text        not null,
+  status           text        not null default 'exporting',
+  file_name        text,
+  manifest_name    text,
+  rows             bigint,
+  first_created_at timestamptz,
+  last_created_at  timestamptz,
+  sha256           text,
+  bytes            bigint,
+  schema_version   integer     not null default 1,
+  started_at       timestamptz not null default now(),
+  updated_at       timestamptz not null default now(),
+  archived_at      timestamptz,
+  restored_at      timestamptz,
+  last_error       text,
+  constraint archives_month_is_first_day check (month = date_trunc('month', month)::date),
+  constraint archives_status_known check (status in ('exporting', 'exported', 'verified', 'detached', 'archived', 'restored')),
+  constraint archives_exported_has_manifest check (status = 'exporting' or (rows is not null and sha256 is not null and file_name is not null))
+);
+
+-- Added with archives in object storage and Parquet copies (migrations replay this file: idempotent).
+alter table audit.archives add column if not exists location text;
+alter table audit.archives add column if not exists parquet_file text;
+alter table audit.archives add column if not exists parquet_sha256 text;
+alter table audit.archives add column if not exists parquet_bytes bigint;
+
+comment on table audit.archives is 'One row per archived (or restored) month of the audit trail: the state of its archive and its manifest';
+comment on column audit.archives.status is 'exporting → exported → verified → detached → archived; restored once brought back';
+comment on column audit.archives.sha256 is 'SHA-256 of the compressed archive file';
+comment on column audit.archives.rows is 'Audit rows in the month (and in the file)';
+comment on column audit.archives.location is 'The archive store the month was written to (AUDIT_ARCHIVE_URL at export time)';
+comment on column audit.archives.parquet_sha256 is 'SHA-256 of the month''s Parquet copy (parquet/month=YYYY-MM/…), when one was written';
+
+grant select on audit.archives to cartop_auditor;
+
+-- Months whose partition exists and that end before the first day of the month `older_than_months`
+-- before the current (UTC) month: with 12 in 2026-11, every month before 2025-11.
+create or replace function audit.archivable_months(older_than_months integer)
+  returns setof date
+  language sql
+  stable
   set search_path = pg_catalog, pg_temp
 as $$
+  select range_start::date
+  from audit.partitions
+  where not is_default
+    and older_than_months >= 0
+    and range_end <= audit_private.month_start((audit_private.current_month() - make_interval(months => older_than_months))::date)
+  order by range_start
+$$;
+
+comment on function audit.archivable_months(integer) is 'Months (first days) whose partitions are old enough to archive';
+
+-- Detaches an archived month's partition after checking it still holds exactly the rows that were
+-- exported (so nothing written since the export can be lost). Plain DETACH, not CONCURRENTLY: the
+-- default partition forbids the concurrent form. The caller sets a short lock_timeout and retries, so
+-- writers never queue behind a long wait. Returns false if the partition was already detached or gone.
+create or replace function audit_private.detach_archived_partition(month date, expected_rows bigint)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  state record;
+  actual bigint;
 begin
-  raise exception 'audit trail is append-only: % on %.% is not allowed', tg_op, tg_table_schema, tg_table_name
-    using errcode = 'insufficient_privilege',
-          hint = 'Old months leave the database as whole partitions through the archive path.';
+  select * into state from audit_private.partition_state(month);
+  if not state.present or not state.attached then
+    return false;
+  end if;
+  execute format('alter table audit_private.log_entries detach partition audit.%I', audit_private.partition_name(month));
+  -- Detached now: no writer can add rows, so the count is final.
+  execute format('select count(*) from audit.%I', audit_private.partition_name(month)) into actual;
+  if actual <> expected_rows then
+    raise exception 'audit: partition audit.% holds % rows but its archive has %; export it again',
+      audit_private.partition_name(month), actual, expected_rows
+      using errcode = 'data_exception';
+  end if;
+  return true;
 end
 $$;
 
-create or replace function audit_private.protect_partition(target regclass)
+-- Drops a detached archived partition. Refuses an attached one: rows leave only through the archive path.
+create or replace function audit_private.drop_archived_partition(month date)
+  returns boolean
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  state record;
+begin
+  select * into state from audit_private.partition_state(month);
+  if not state.present then
+    return false;
+  end if;
+  if state.attached then
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
+      using errcode = 'object_not_in_prerequisite_state';
+  end if;
+  execute format('drop table audit.%I', audit_private.partition_name(month));
+  return true;
+end
+$$;
+
+-- Restoring a month fast: load into a standalone table without indexes, then attach it. ATTACH builds
+-- the partition's indexes in one sort each (much cheaper than maintaining them row by row) and, thanks to
+-- the CHECK constraint matching the range, skips the validation scan. Only takes SHARE UPDATE EXCLUSIVE
+-- on the audit table, so writers are not blocked. Returns the table name to COPY into.
+create or replace function audit_private.create_restore_table(month date)
+  returns text
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  part_name text := audit_private.partition_name(month);
+begin
+  if month is null or (audit_private.partition_state(month)).present then
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
+      using errcode = 'duplicate_table';
+  end if;
+  execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
+  execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
+  return part_name;
+end
+$$;
+
+create or replace function audit_private.attach_restore_table(month date)
   returns void
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  part_name text := audit_private.partition_name(month);
 begin
-  if exists (select from pg_trigger where tgrelid = target and tgname = '_100_append_only') then
-    execute format('drop trigger _100_append_only on %s', target);
-  end if;
-  execute format(
-    'create trigger _100_append_only before update or delete or truncate on %s
-       for each statement execute function audit_private.tg__append_only()', target);
+  execute format('alter table audit_private.log_entries attach partition audit.%I for values from (%L) to (%L)',
+    part_name, audit_private.month_start(month), audit_private.month_end(month));
+  execute format('alter table audit.%I drop constraint restore_range', part_name);
+  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
 end
 $$;
 
-select audit_private.protect_partition('audit_private.log_entries'::regclass);
-select audit_private.protect_partition(inhrelid::regclass)
-  from pg_inherits where inhparent = 'audit_private.log_entries'::regclass;
-
--- Privileges: nobody gets write access to the storage; capture writes through security definer functions.
-revoke all on audit_private.log_entries from public;
-revoke all on audit.log_default from public;
-
--- source: triggers/05_context.sql
+-- source: triggers/01_context.sql
 -- Who made a change travels in transaction-local settings (set_config(name, value, true)), so it never
 -- outlives the transaction and survives connection pools:
 --   audit.user_id, audit.user_email, audit.ip_address, audit.user_agent, audit.request_id, audit.metadata
@@ -533,7 +693,7 @@ comment on function audit.set_context(text, text, inet, text, text, jsonb) is
 
 grant execute on function audit.set_context(text, text, inet, text, text, jsonb) to cartop_anonymous, cartop_user, cartop_auditor;
 
--- source: triggers/06_tracking.sql
+-- source: triggers/02_tracking.sql
 -- Tracking: which tables are audited, with which options, and the triggers that capture their changes.
 --
 -- Capture is statement-level (AFTER ... FOR EACH STATEMENT with transition tables): one INSERT ... SELECT
@@ -558,6 +718,10 @@ create table if not exists audit_private.tables (
 
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+
+-- Generator functions of earlier versions, replaced by the ones below under other signatures.
+drop function if exists audit_private.row_json_sql(audit_private.tables, text, text[]);
+drop function if exists audit_private.write_capture_function(text, regclass, text);
 
 -- Text that marks a masked value: the column is recorded as changed, its value never is.
 create or replace function audit_private.masked_value()
@@ -1399,7 +1563,7 @@ begin
 end
 $$;
 
--- source: triggers/07_log_view.sql
+-- source: reading/01_log_view.sql
 -- audit.log: the audit trail as readers expect it (full old and new rows, per-column changes, context),
 -- computed from the compact storage. Only the columns a query names are computed.
 
@@ -1529,168 +1693,7 @@ drop policy if exists user_reads_own on audit_private.log_entries;
 create policy user_reads_own on audit_private.log_entries
   for select to cartop_user using (user_id = audit_private.reader_user_id());
 
--- source: partitions/08_premake.sql
--- A fresh install has the current month and the next three; the worker keeps them ahead from then on.
-select audit.ensure_partitions(3);
-
--- source: partitions/10_archives.sql
--- Archiving old months: a recorded state machine per month, driven by the worker or the CLI
--- (src/archive/). The database side: the manifest table and the helpers that touch partitions.
---
---   exporting → exported → verified → detached → archived      (restored: brought back from its file)
---
--- Each step is recorded before the next begins, so a job killed anywhere and run again resumes where it
--- stopped; a step that finds its work already done (file written, partition detached or gone) records it.
-
-create table if not exists audit.archives (
-  month            date        primary key,
-  partition_name   text        not null,
-  status           text        not null default 'exporting',
-  file_name        text,
-  manifest_name    text,
-  rows             bigint,
-  first_created_at timestamptz,
-  last_created_at  timestamptz,
-  sha256           text,
-  bytes            bigint,
-  schema_version   integer     not null default 1,
-  started_at       timestamptz not null default now(),
-  updated_at       timestamptz not null default now(),
-  archived_at      timestamptz,
-  restored_at      timestamptz,
-  last_error       text,
-  constraint archives_month_is_first_day check (month = date_trunc('month', month)::date),
-  constraint archives_status_known check (status in ('exporting', 'exported', 'verified', 'detached', 'archived', 'restored')),
-  constraint archives_exported_has_manifest check (status = 'exporting' or (rows is not null and sha256 is not null and file_name is not null))
-);
-
--- Added with archives in object storage and Parquet copies (migrations replay this file: idempotent).
-alter table audit.archives add column if not exists location text;
-alter table audit.archives add column if not exists parquet_file text;
-alter table audit.archives add column if not exists parquet_sha256 text;
-alter table audit.archives add column if not exists parquet_bytes bigint;
-
-comment on table audit.archives is 'One row per archived (or restored) month of the audit trail: the state of its archive and its manifest';
-comment on column audit.archives.status is 'exporting → exported → verified → detached → archived; restored once brought back';
-comment on column audit.archives.sha256 is 'SHA-256 of the compressed archive file';
-comment on column audit.archives.rows is 'Audit rows in the month (and in the file)';
-comment on column audit.archives.location is 'The archive store the month was written to (AUDIT_ARCHIVE_URL at export time)';
-comment on column audit.archives.parquet_sha256 is 'SHA-256 of the month''s Parquet copy (parquet/month=YYYY-MM/…), when one was written';
-
-grant select on audit.archives to cartop_auditor;
-
--- Months whose partition exists and that end before the first day of the month `older_than_months`
--- before the current (UTC) month: with 12 in 2026-11, every month before 2025-11.
-create or replace function audit.archivable_months(older_than_months integer)
-  returns setof date
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select range_start::date
-  from audit.partitions
-  where not is_default
-    and older_than_months >= 0
-    and range_end <= audit_private.month_start((audit_private.current_month() - make_interval(months => older_than_months))::date)
-  order by range_start
-$$;
-
-comment on function audit.archivable_months(integer) is 'Months (first days) whose partitions are old enough to archive';
-
--- Detaches an archived month's partition after checking it still holds exactly the rows that were
--- exported (so nothing written since the export can be lost). Plain DETACH, not CONCURRENTLY: the
--- default partition forbids the concurrent form. The caller sets a short lock_timeout and retries, so
--- writers never queue behind a long wait. Returns false if the partition was already detached or gone.
-create or replace function audit_private.detach_archived_partition(month date, expected_rows bigint)
-  returns boolean
-  language plpgsql
-  volatile
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  state record;
-  actual bigint;
-begin
-  select * into state from audit_private.partition_state(month);
-  if not state.present or not state.attached then
-    return false;
-  end if;
-  execute format('alter table audit_private.log_entries detach partition audit.%I', audit_private.partition_name(month));
-  -- Detached now: no writer can add rows, so the count is final.
-  execute format('select count(*) from audit.%I', audit_private.partition_name(month)) into actual;
-  if actual <> expected_rows then
-    raise exception 'audit: partition audit.% holds % rows but its archive has %; export it again',
-      audit_private.partition_name(month), actual, expected_rows
-      using errcode = 'data_exception';
-  end if;
-  return true;
-end
-$$;
-
--- Drops a detached archived partition. Refuses an attached one: rows leave only through the archive path.
-create or replace function audit_private.drop_archived_partition(month date)
-  returns boolean
-  language plpgsql
-  volatile
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  state record;
-begin
-  select * into state from audit_private.partition_state(month);
-  if not state.present then
-    return false;
-  end if;
-  if state.attached then
-    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
-      using errcode = 'object_not_in_prerequisite_state';
-  end if;
-  execute format('drop table audit.%I', audit_private.partition_name(month));
-  return true;
-end
-$$;
-
--- Restoring a month fast: load into a standalone table without indexes, then attach it. ATTACH builds
--- the partition's indexes in one sort each (much cheaper than maintaining them row by row) and, thanks to
--- the CHECK constraint matching the range, skips the validation scan. Only takes SHARE UPDATE EXCLUSIVE
--- on the audit table, so writers are not blocked. Returns the table name to COPY into.
-create or replace function audit_private.create_restore_table(month date)
-  returns text
-  language plpgsql
-  volatile
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  part_name text := audit_private.partition_name(month);
-begin
-  if month is null or (audit_private.partition_state(month)).present then
-    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
-      using errcode = 'duplicate_table';
-  end if;
-  execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
-  execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
-    part_name, audit_private.month_start(month), audit_private.month_end(month));
-  return part_name;
-end
-$$;
-
-create or replace function audit_private.attach_restore_table(month date)
-  returns void
-  language plpgsql
-  volatile
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  part_name text := audit_private.partition_name(month);
-begin
-  execute format('alter table audit_private.log_entries attach partition audit.%I for values from (%L) to (%L)',
-    part_name, audit_private.month_start(month), audit_private.month_end(month));
-  execute format('alter table audit.%I drop constraint restore_range', part_name);
-  perform audit_private.protect_partition(format('audit.%I', part_name)::regclass);
-end
-$$;
-
--- source: reporting/11_history.sql
+-- source: reading/02_history.sql
 -- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
 -- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
 -- row-level security applies (a user sees only their own rows). No `set search_path` (every name is
@@ -1730,7 +1733,7 @@ comment on function audit.user_activity(text, timestamptz, timestamptz) is 'Audi
 grant execute on function audit.entity_history(text, text), audit.user_activity(text, timestamptz, timestamptz)
   to cartop_user, cartop_auditor;
 
--- source: reporting/12_reporting.sql
+-- source: reading/03_reporting.sql
 -- Reporting for analysts: one row per changed field, daily activity, and a row's state at a past time.
 
 -- One row per changed field of every UPDATE. (INSERTs and DELETEs are whole rows: see audit.log.)
@@ -1940,230 +1943,7 @@ comment on function audit_private.row_from_trail(anyelement, jsonb) is 'A row of
 
 grant execute on function audit_private.row_from_trail(anyelement, jsonb) to cartop_user, cartop_auditor;
 
--- source: integrity/13_seals.sql
--- Tamper-evident seals: one row per finished UTC day of the trail, holding a digest of that day's rows and
--- a digest chained to the previous day's seal. A changed, deleted, inserted or moved row changes its day's
--- digest; a rewritten seal breaks the chain from that day on; a copy of every seal is also written to the
--- archive directory, out of the database's reach.
---
--- The digests are computed by the application (src/seals/), not by a function stored here: `cartop-audit
--- verify` recomputes them with its own query, so a superuser cannot fool it by replacing a function.
--- Sealing only reads the trail (no lock beyond ACCESS SHARE): writers never wait for it.
-
-create table if not exists audit.seals (
-  day             date        primary key,
-  rows            bigint      not null,
-  rows_digest     text        not null,
-  previous_digest text,
-  seal_digest     text        not null unique,
-  format          integer     not null,
-  sealed_at       timestamptz not null default now(),
-  constraint seals_rows_not_negative check (rows >= 0),
-  constraint seals_digests_are_sha256 check (
-    rows_digest ~ '^[0-9a-f]{64}$' and seal_digest ~ '^[0-9a-f]{64}$'
-    and (previous_digest is null or previous_digest ~ '^[0-9a-f]{64}$'))
-);
-
-comment on table audit.seals is 'One seal per finished UTC day of the audit trail, chained; `cartop-audit verify` recomputes them';
-comment on column audit.seals.day is 'The UTC day sealed: audit rows with created_at in [day, day + 1)';
-comment on column audit.seals.rows is 'How many audit rows the day held when it was sealed';
-comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 2: every stored column; format 1: all but statement_number)';
-comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
-comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
-comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts): 2 since statement numbers, 1 before';
-comment on column audit.seals.sealed_at is 'When the seal was written';
-
--- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
-create or replace function audit_private.tg__seal_extends_chain()
-  returns trigger
-  language plpgsql
-  set search_path = pg_catalog, pg_temp
-as $$
-declare
-  last_seal audit.seals;
-begin
-  select * into last_seal from audit.seals order by day desc limit 1;
-  if last_seal.day is null then
-    if new.previous_digest is not null then
-      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
-        using errcode = 'check_violation';
-    end if;
-  elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
-    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
-      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
-  end if;
-  if new.day >= (now() at time zone 'UTC')::date then
-    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
-      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
-  end if;
-  return new;
-end
-$$;
-
-drop trigger if exists _010_extends_chain on audit.seals;
-create trigger _010_extends_chain before insert on audit.seals
-  for each row execute function audit_private.tg__seal_extends_chain();
-
--- Seals are as append-only as the trail they protect.
-select audit_private.protect_partition('audit.seals'::regclass);
-revoke all on audit.seals from public;
-grant select on audit.seals to cartop_auditor;
-
--- The first day of the chain: the last seal's successor, or (nothing sealed yet) the first day of the
--- oldest month still in the database.
-create or replace function audit_private.seal_chain_start()
-  returns date
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select coalesce(
-    (select max(day) + 1 from audit.seals),
-    (select min(range_start at time zone 'UTC')::date from audit.partitions where not is_default),
-    (now() at time zone 'UTC')::date)
-$$;
-
--- When the oldest open transaction of this database (other than the caller's) began: no row stamped
--- before it can still appear (rows carry their statements' start times). Null when none is open. Other
--- roles' transactions are visible only to superusers and members of pg_read_all_stats.
-create or replace function audit_private.oldest_open_transaction_start()
-  returns timestamptz
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select min(xact_start) from pg_stat_activity
-  where datname = current_database() and backend_type = 'client backend'
-    and pid <> pg_backend_pid() and xact_start is not null
-$$;
-
--- Days that can be sealed now, oldest first: finished UTC days after the last seal that ended at least
--- `grace` ago, stopping before the day on which the oldest open transaction began (it may still commit rows
--- into that day); where other roles' transactions are not visible, `grace` is the margin. A prepared
--- transaction could hold rows of any day: while one exists, nothing is sealed.
-create or replace function audit.sealable_days(grace interval default '1 hour')
-  returns setof date
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select d::date
-  from generate_series(
-         audit_private.seal_chain_start(),
-         least(
-           ((now() - grace) at time zone 'UTC')::date - 1,
-           (audit_private.oldest_open_transaction_start() at time zone 'UTC')::date - 1),
-         interval '1 day') as d
-  where not exists (select from pg_prepared_xacts where database = current_database())
-$$;
-
-revoke all on function audit.sealable_days(interval) from public;
-comment on function audit.sealable_days(interval) is 'Finished UTC days not sealed yet that no open transaction can still write to, oldest first';
-
--- source: integrity/14_coverage.sql
--- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
--- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
--- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
-create or replace function audit.coverage_problems(months_ahead integer default null)
-  returns table (check_name text, object text, problem text)
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  -- A tracked table that no longer exists.
-  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
-         format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
-  from audit_private.tables t
-  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
-  union all
-  -- A tracked table whose capture triggers were dropped or disabled.
-  select case when tt.triggers_installed < 4 then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
-         format('%I.%I', tt.schema_name, tt.table_name),
-         format('%s of 4 capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_active)
-  from audit.tracked_tables tt
-  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
-    and (tt.triggers_installed < 4 or tt.triggers_active < 4)
-  union all
-  -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
-  -- that is not exactly the capture trigger of the tracked table it is on (wrong function, events,
-  -- transition tables or name; or a table that is not tracked).
-  select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
-         format('runs %s', g.tgfoid::regprocedure)
-  from pg_trigger g
-  join pg_class c on c.oid = g.tgrelid
-  join pg_namespace n on n.oid = c.relnamespace
-  left join audit_private.tables t on t.enabled and t.schema_name = n.nspname and t.table_name = c.relname
-  where (g.tgname like '\_900\_audit\_%' or g.tgfoid::regproc::text like 'audit\_private.capture\_%')
-    and not exists (select from audit_private.capture_trigger_state(t.id, g.tgrelid) s
-                    where s.trigger_name = g.tgname and s.installed)
-  union all
-  -- Months that should already have a partition: the current one, and `months_ahead` after the month of an
-  -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
-  -- minutes of a month are not reported (the month that just began was premade months before).
-  select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
-         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), h.months_ahead)
-  from (select coalesce(coverage_problems.months_ahead, (select p.months_ahead from audit_private.partition_horizon p), 3) as months_ahead) h,
-       generate_series(
-         audit_private.current_month(),
-         greatest(audit_private.current_month(),
-                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(h.months_ahead, 0))),
-         interval '1 month') as m
-  where not (audit_private.partition_state(m::date)).present
-  union all
-  -- Rows waiting in the default partition.
-  select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
-  from audit.default_partition_months() d
-  union all
-  -- Finished days left unsealed (the worker seals each day about an hour after it ends).
-  select 'seal_overdue', 'audit.seals', format('finished days since %s are not sealed', s.first_unsealed)
-  from (select audit_private.seal_chain_start() as first_unsealed) s
-  where s.first_unsealed < (now() at time zone 'UTC')::date - 1
-$$;
-
-comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
-
-create or replace view audit.coverage as select * from audit.coverage_problems();
-comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
-comment on column audit.coverage.check_name is 'Which check found the problem';
-comment on column audit.coverage.object is 'The table, trigger or partition concerned';
-comment on column audit.coverage.problem is 'What is wrong';
-
-grant select on audit.coverage to cartop_auditor;
-grant execute on function audit.coverage_problems(integer) to cartop_auditor;
-grant select on audit_private.partition_horizon to cartop_auditor;
-
--- source: integrity/15_task_runs.sql
--- What the worker's scheduled tasks did: one row per run, success or failure. /metrics reads it (the worker
--- may run in another process than the API), and so can an operator: "when did the archive last succeed?".
-create table if not exists audit.task_runs (
-  id          bigint      generated always as identity primary key,
-  task        text        not null,
-  started_at  timestamptz not null,
-  finished_at timestamptz not null default clock_timestamp(),
-  succeeded   boolean     not null,
-  result      jsonb,
-  error       text,
-  constraint task_runs_failure_has_error check (succeeded or error is not null)
-);
-
-create index if not exists task_runs_task_idx on audit.task_runs (task, finished_at);
-
-comment on table audit.task_runs is 'One row per run of a scheduled worker task (partitions, summary, seals, coverage check, archive)';
-comment on column audit.task_runs.task is 'graphile-worker task identifier, e.g. audit__archive_partitions';
-comment on column audit.task_runs.result is 'What the run did or found, e.g. the coverage problems of audit__check_coverage';
-comment on column audit.task_runs.error is 'Why the run failed (the worker retries it with backoff)';
-
-revoke all on audit.task_runs from public;
-grant select on audit.task_runs to cartop_auditor;
-
--- Lock only: seal and archive runs (worker or CLI, any instance) take it for their whole run, so they never
--- interleave (src/db/locks.ts). A table lock, not an advisory key: only its owner can take it, so no other
--- role can stall sealing or archiving by holding the same key.
-create table if not exists audit_private.seal_and_archive_runs ();
-revoke all on audit_private.seal_and_archive_runs from public;
-comment on table audit_private.seal_and_archive_runs is 'Lock only: serialises seal and archive runs (no rows)';
-
--- source: reporting/17_revert.sql
+-- source: reading/04_revert.sql
 -- Undo: put rows back the way an audit row, a statement, a transaction or a request found them, and the
 -- net change of a table or a row between two instants (the read side of "what would a revert do").
 --
@@ -2634,7 +2414,230 @@ revoke all on function audit.revert(bigint, bigint, integer, text, boolean, text
 grant execute on function audit.revert(bigint, bigint, integer, text, boolean, text) to cartop_user, cartop_auditor;
 grant execute on function audit.net_change(text, timestamptz, timestamptz, text) to cartop_user, cartop_auditor;
 
--- source: integrity/18_rate_limits.sql
+-- source: integrity/01_seals.sql
+-- Tamper-evident seals: one row per finished UTC day of the trail, holding a digest of that day's rows and
+-- a digest chained to the previous day's seal. A changed, deleted, inserted or moved row changes its day's
+-- digest; a rewritten seal breaks the chain from that day on; a copy of every seal is also written to the
+-- archive directory, out of the database's reach.
+--
+-- The digests are computed by the application (src/seals/), not by a function stored here: `cartop-audit
+-- verify` recomputes them with its own query, so a superuser cannot fool it by replacing a function.
+-- Sealing only reads the trail (no lock beyond ACCESS SHARE): writers never wait for it.
+
+create table if not exists audit.seals (
+  day             date        primary key,
+  rows            bigint      not null,
+  rows_digest     text        not null,
+  previous_digest text,
+  seal_digest     text        not null unique,
+  format          integer     not null,
+  sealed_at       timestamptz not null default now(),
+  constraint seals_rows_not_negative check (rows >= 0),
+  constraint seals_digests_are_sha256 check (
+    rows_digest ~ '^[0-9a-f]{64}$' and seal_digest ~ '^[0-9a-f]{64}$'
+    and (previous_digest is null or previous_digest ~ '^[0-9a-f]{64}$'))
+);
+
+comment on table audit.seals is 'One seal per finished UTC day of the audit trail, chained; `cartop-audit verify` recomputes them';
+comment on column audit.seals.day is 'The UTC day sealed: audit rows with created_at in [day, day + 1)';
+comment on column audit.seals.rows is 'How many audit rows the day held when it was sealed';
+comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 2: every stored column; format 1: all but statement_number)';
+comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
+comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
+comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts): 2 since statement numbers, 1 before';
+comment on column audit.seals.sealed_at is 'When the seal was written';
+
+-- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
+create or replace function audit_private.tg__seal_extends_chain()
+  returns trigger
+  language plpgsql
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  last_seal audit.seals;
+begin
+  select * into last_seal from audit.seals order by day desc limit 1;
+  if last_seal.day is null then
+    if new.previous_digest is not null then
+      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
+        using errcode = 'check_violation';
+    end if;
+  elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
+    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+  end if;
+  if new.day >= (now() at time zone 'UTC')::date then
+    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
+      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
+  end if;
+  return new;
+end
+$$;
+
+drop trigger if exists _010_extends_chain on audit.seals;
+create trigger _010_extends_chain before insert on audit.seals
+  for each row execute function audit_private.tg__seal_extends_chain();
+
+-- Seals are as append-only as the trail they protect.
+select audit_private.protect_partition('audit.seals'::regclass);
+revoke all on audit.seals from public;
+grant select on audit.seals to cartop_auditor;
+
+-- The first day of the chain: the last seal's successor, or (nothing sealed yet) the first day of the
+-- oldest month still in the database.
+create or replace function audit_private.seal_chain_start()
+  returns date
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(
+    (select max(day) + 1 from audit.seals),
+    (select min(range_start at time zone 'UTC')::date from audit.partitions where not is_default),
+    (now() at time zone 'UTC')::date)
+$$;
+
+-- When the oldest open transaction of this database (other than the caller's) began: no row stamped
+-- before it can still appear (rows carry their statements' start times). Null when none is open. Other
+-- roles' transactions are visible only to superusers and members of pg_read_all_stats.
+create or replace function audit_private.oldest_open_transaction_start()
+  returns timestamptz
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select min(xact_start) from pg_stat_activity
+  where datname = current_database() and backend_type = 'client backend'
+    and pid <> pg_backend_pid() and xact_start is not null
+$$;
+
+-- Days that can be sealed now, oldest first: finished UTC days after the last seal that ended at least
+-- `grace` ago, stopping before the day on which the oldest open transaction began (it may still commit rows
+-- into that day); where other roles' transactions are not visible, `grace` is the margin. A prepared
+-- transaction could hold rows of any day: while one exists, nothing is sealed.
+create or replace function audit.sealable_days(grace interval default '1 hour')
+  returns setof date
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select d::date
+  from generate_series(
+         audit_private.seal_chain_start(),
+         least(
+           ((now() - grace) at time zone 'UTC')::date - 1,
+           (audit_private.oldest_open_transaction_start() at time zone 'UTC')::date - 1),
+         interval '1 day') as d
+  where not exists (select from pg_prepared_xacts where database = current_database())
+$$;
+
+revoke all on function audit.sealable_days(interval) from public;
+comment on function audit.sealable_days(interval) is 'Finished UTC days not sealed yet that no open transaction can still write to, oldest first';
+
+-- source: integrity/02_coverage.sql
+-- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
+-- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
+-- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
+create or replace function audit.coverage_problems(months_ahead integer default null)
+  returns table (check_name text, object text, problem text)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  -- A tracked table that no longer exists.
+  select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
+         format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
+  from audit_private.tables t
+  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
+  union all
+  -- A tracked table whose capture triggers were dropped or disabled.
+  select case when tt.triggers_installed < 4 then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
+         format('%I.%I', tt.schema_name, tt.table_name),
+         format('%s of 4 capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_active)
+  from audit.tracked_tables tt
+  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
+    and (tt.triggers_installed < 4 or tt.triggers_active < 4)
+  union all
+  -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
+  -- that is not exactly the capture trigger of the tracked table it is on (wrong function, events,
+  -- transition tables or name; or a table that is not tracked).
+  select 'foreign_capture_trigger', format('%s on %s', g.tgname, g.tgrelid::regclass),
+         format('runs %s', g.tgfoid::regprocedure)
+  from pg_trigger g
+  join pg_class c on c.oid = g.tgrelid
+  join pg_namespace n on n.oid = c.relnamespace
+  left join audit_private.tables t on t.enabled and t.schema_name = n.nspname and t.table_name = c.relname
+  where (g.tgname like '\_900\_audit\_%' or g.tgfoid::regproc::text like 'audit\_private.capture\_%')
+    and not exists (select from audit_private.capture_trigger_state(t.id, g.tgrelid) s
+                    where s.trigger_name = g.tgname and s.installed)
+  union all
+  -- Months that should already have a partition: the current one, and `months_ahead` after the month of an
+  -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
+  -- minutes of a month are not reported (the month that just began was premade months before).
+  select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
+         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), h.months_ahead)
+  from (select coalesce(coverage_problems.months_ahead, (select p.months_ahead from audit_private.partition_horizon p), 3) as months_ahead) h,
+       generate_series(
+         audit_private.current_month(),
+         greatest(audit_private.current_month(),
+                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(h.months_ahead, 0))),
+         interval '1 month') as m
+  where not (audit_private.partition_state(m::date)).present
+  union all
+  -- Rows waiting in the default partition.
+  select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
+  from audit.default_partition_months() d
+  union all
+  -- Finished days left unsealed (the worker seals each day about an hour after it ends).
+  select 'seal_overdue', 'audit.seals', format('finished days since %s are not sealed', s.first_unsealed)
+  from (select audit_private.seal_chain_start() as first_unsealed) s
+  where s.first_unsealed < (now() at time zone 'UTC')::date - 1
+$$;
+
+comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
+
+create or replace view audit.coverage as select * from audit.coverage_problems();
+comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
+comment on column audit.coverage.check_name is 'Which check found the problem';
+comment on column audit.coverage.object is 'The table, trigger or partition concerned';
+comment on column audit.coverage.problem is 'What is wrong';
+
+grant select on audit.coverage to cartop_auditor;
+grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+grant select on audit_private.partition_horizon to cartop_auditor;
+
+-- source: operations/01_task_runs.sql
+-- What the worker's scheduled tasks did: one row per run, success or failure. /metrics reads it (the worker
+-- may run in another process than the API), and so can an operator: "when did the archive last succeed?".
+create table if not exists audit.task_runs (
+  id          bigint      generated always as identity primary key,
+  task        text        not null,
+  started_at  timestamptz not null,
+  finished_at timestamptz not null default clock_timestamp(),
+  succeeded   boolean     not null,
+  result      jsonb,
+  error       text,
+  constraint task_runs_failure_has_error check (succeeded or error is not null)
+);
+
+create index if not exists task_runs_task_idx on audit.task_runs (task, finished_at);
+
+comment on table audit.task_runs is 'One row per run of a scheduled worker task (partitions, summary, seals, coverage check, archive)';
+comment on column audit.task_runs.task is 'graphile-worker task identifier, e.g. audit__archive_partitions';
+comment on column audit.task_runs.result is 'What the run did or found, e.g. the coverage problems of audit__check_coverage';
+comment on column audit.task_runs.error is 'Why the run failed (the worker retries it with backoff)';
+
+revoke all on audit.task_runs from public;
+grant select on audit.task_runs to cartop_auditor;
+
+-- Lock only: seal and archive runs (worker or CLI, any instance) take it for their whole run, so they never
+-- interleave (src/db/locks.ts). A table lock, not an advisory key: only its owner can take it, so no other
+-- role can stall sealing or archiving by holding the same key.
+create table if not exists audit_private.seal_and_archive_runs ();
+revoke all on audit_private.seal_and_archive_runs from public;
+comment on table audit_private.seal_and_archive_runs is 'Lock only: serialises seal and archive runs (no rows)';
+
+-- source: operations/02_rate_limits.sql
 -- The API's request-rate counters, shared by every API instance (src/http/rateLimitStore.ts): requests to
 -- any instance count together against RATE_LIMIT_PER_MINUTE. One row per client key and fixed window.
 -- UNLOGGED: counters are worth no WAL, and a crash that empties the table only forgives one window.
@@ -2669,7 +2672,7 @@ comment on function audit_private.rate_limit_hit(text, integer) is 'Counts one A
 
 revoke all on function audit_private.rate_limit_hit(text, integer) from public;
 
--- source: example/20_app.sql
+-- source: example/01_app.sql
 -- The example application schema: what the GraphQL API serves and what the tests and benchmark write to.
 -- Both tables are tracked; users.password_hash is excluded from the audit trail.
 --

@@ -23,6 +23,10 @@ create table if not exists audit_private.tables (
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
 
+-- Generator functions of earlier versions, replaced by the ones below under other signatures.
+drop function if exists audit_private.row_json_sql(audit_private.tables, text, text[]);
+drop function if exists audit_private.write_capture_function(text, regclass, text);
+
 -- Text that marks a masked value: the column is recorded as changed, its value never is.
 create or replace function audit_private.masked_value()
   returns jsonb
