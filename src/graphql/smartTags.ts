@@ -1,19 +1,22 @@
-// What the GraphQL schema shows. Only the application tables, the audit trail (read-only) and undo are exposed;
-// partition and archive bookkeeping, the tracking API and every internal function stay SQL-only.
+// What the GraphQL schema shows: the application tables, the audit trail (read-only), undo, and read-only
+// views of the trail's health (partitions, archives, seals, coverage, task runs; the database lets only
+// auditors read them) for the explorer's dashboard. The tracking API and every internal function stay SQL-only.
 import { jsonPgSmartTags } from "postgraphile/utils";
+
+const readOnly = ["-insert", "-update", "-delete"];
 
 export const smartTagsPlugin = jsonPgSmartTags({
   version: 1,
   config: {
     class: {
       // The audit trail: a read-only connection named auditLogs, keyed by id for cursors and nodes.
-      "audit.log": { tags: { name: "audit_log", primaryKey: "id", behavior: ["-insert", "-update", "-delete"] } },
-      "audit.partitions": { tags: { behavior: ["-*"] } },
-      "audit.archives": { tags: { behavior: ["-*"] } },
+      "audit.log": { tags: { name: "audit_log", primaryKey: "id", behavior: readOnly } },
+      "audit.partitions": { tags: { name: "audit_partition", behavior: readOnly } },
+      "audit.archives": { tags: { name: "audit_archive", behavior: readOnly } },
+      "audit.coverage": { tags: { name: "audit_coverage_problem", behavior: readOnly } },
+      "audit.seals": { tags: { name: "audit_seal", behavior: readOnly } },
+      "audit.task_runs": { tags: { name: "audit_task_run", behavior: readOnly } },
       "audit.tracked_tables": { tags: { behavior: ["-*"] } },
-      "audit.coverage": { tags: { behavior: ["-*"] } },
-      "audit.seals": { tags: { behavior: ["-*"] } },
-      "audit.task_runs": { tags: { behavior: ["-*"] } },
       // Users are created through app.create_user (which hashes the password), not a raw insert.
       "app.users": { tags: { behavior: ["-insert"] } },
     },
