@@ -163,10 +163,14 @@ order by is_default, range_start;
 comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
 
 -- Rows waiting in the default partition, by month (exact counts). Should be empty; see the runbook.
+-- Security definer so that auditors' audit.coverage can count them: the default partition is recreated by
+-- create_partition (losing any grant on it), and row-level security on the trail does not apply to a
+-- partition read directly. It evaluates only built-ins on a timestamptz column; only auditors may run it.
 create or replace function audit.default_partition_months()
   returns table (month date, rows bigint)
   language sql
   stable
+  security definer
   set search_path = pg_catalog, pg_temp
 as $$
   select date_trunc('month', created_at at time zone 'UTC')::date, count(*)
@@ -176,6 +180,8 @@ as $$
 $$;
 
 comment on function audit.default_partition_months() is 'Months that have rows in the default partition, with exact counts (monitoring: should return nothing)';
+revoke execute on function audit.default_partition_months() from public;
+grant execute on function audit.default_partition_months() to cartop_auditor;
 
 -- Moves every row of the default partition into its monthly partition (created as needed); returns the
 -- partitions it created.
