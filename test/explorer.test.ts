@@ -21,6 +21,14 @@ let api: RunningServer;
 let browser: Browser;
 let productId: string;
 
+/** Carol's changes per UTC day and action, as the activity table lists them (newest day first). */
+async function carolsActivity(): Promise<string[][]> {
+  const { rows } = await db.pool.query(`
+    select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day, action, count(*)::text as n
+    from audit.log where user_id = 'carol' group by 1, 2 order by 1 desc, 2`);
+  return rows.map((r) => [r.day, "app.products", r.action, r.n]);
+}
+
 async function gql(query: string, variables: Record<string, unknown>, bearer: string, requestId: string) {
   const response = await fetch(`${api.url}/graphql`, {
     method: "POST",
@@ -35,6 +43,12 @@ async function gql(query: string, variables: Record<string, unknown>, bearer: st
 beforeAll(async () => {
   db = await createTestDatabase();
   await db.pool.query(`select audit.enable_tracking('app.products', masked_columns => '{attributes}')`);
+  // Yesterday sealed (digests are placeholders: the page shows the record, `verify` checks it) and an old month
+  // archived, so the dashboard has one of each to show.
+  await db.pool.query(`insert into audit.seals (day, rows, rows_digest, seal_digest, format)
+                       values ((now() at time zone 'UTC')::date - 1, 0, repeat('a', 64), repeat('b', 64), 1)`);
+  await db.pool.query(`insert into audit.archives (month, partition_name, status, file_name, manifest_name, rows, sha256, bytes, archived_at)
+                       values ('2020-01-01', 'log_2020_01', 'archived', 'audit-2020-01.copy.gz', 'audit-2020-01.manifest.json', 42, repeat('c', 64), 2048, now())`);
   api = await startServer({ databaseUrl: db.url, config: { port: 0, jwtSecret: SECRET, trustProxy: false, rateLimitPerMinute: 10_000 } });
   // Carol (a user) creates a lamp, changes its masked attributes, then its price and stock: three requests.
   const carol = token("carol", "user");
@@ -143,7 +157,7 @@ describe("the explorer in a browser", () => {
     expect(await state()).toMatchObject({ name: '"Lamp"', price: "14", stock: "5", attributes: "masked" });
   });
 
-  test("the dashboard shows the current month's partition; the activity chart counts today's changes", async () => {
+  test("the dashboard shows the current month's partition; the activity chart counts the day's changes", async () => {
     const { rows: [current] } = await db.pool.query(
       `select partition_name, to_char(range_start at time zone 'UTC', 'YYYY-MM') as month from audit.partitions where not is_default and range_start <= now() and range_end > now()`);
     const row = page.locator("#partitions tbody tr", { hasText: current.partition_name });
@@ -155,6 +169,11 @@ describe("the explorer in a browser", () => {
       await client.query("set local role cartop_auditor");
       expect((await client.query(`select check_name from audit.coverage`)).rows).toEqual(coverage);
     });
+    // The definer function behind it stays the auditors': a user may not count the default partition.
+    await expect(inTransaction(db.pool, async (client) => {
+      await client.query("set local role cartop_user");
+      await client.query(`select * from audit.default_partition_months()`);
+    })).rejects.toThrow("permission denied for function default_partition_months");
     if (coverage.length) {
       expect(await page.locator("#coverage tbody tr td:first-child").allTextContents()).toEqual(coverage.map((c) => c.check_name));
     } else {
@@ -162,13 +181,17 @@ describe("the explorer in a browser", () => {
         throw new Error(`${error.message}; the panel says: ${await page.locator("#coverage").textContent()}`);
       });
     }
-    await page.locator("#archives").getByText("No month has been archived.").waitFor();
-    await page.locator("#seals").getByText("Nothing is sealed yet.").waitFor();
+    const archive = page.locator("#archives tbody tr");
+    await archive.waitFor();
+    expect((await archive.locator("td").allTextContents()).filter((_, i) => i !== 4)).toEqual(["2020-01", "archived", "42", "2.0 kB", "—"]);
+    const { rows: [sealed] } = await db.pool.query(`select to_char(day, 'YYYY-MM-DD') as day from audit.seals`);
+    await page.locator("#seals").getByText(new RegExp(`^Last sealed day: ${sealed.day} \\(0 audit rows, sealed .+ UTC\\); 1 seal in the chain\\.$`)).waitFor();
+    await page.locator("#seals").getByText("No sealing run recorded.").waitFor();
 
-    const today = new Date().toISOString().slice(0, 10);
     await page.locator("#activity-chart svg").waitFor();
     const activity = await page.locator("#activity-chart tbody tr").evaluateAll((rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
-    expect(activity).toEqual([[today, "app.products", "INSERT", "1"], [today, "app.products", "UPDATE", "2"]]);
+    expect(activity).toEqual(await carolsActivity());
+    expect(activity.reduce((n, r) => n + Number(r[3]), 0)).toBe(3); // the INSERT and the two UPDATEs
 
     // The screenshot in the README: `UPDATE_SCREENSHOT=1 npm test -- test/explorer.test.ts` rewrites it.
     const screenshot = process.env.UPDATE_SCREENSHOT === "1"
@@ -182,6 +205,10 @@ describe("the explorer in a browser", () => {
     await useToken(token("carol", "user"));
     // A user may not read the dashboard: each panel says so.
     await page.locator("#partitions").getByText(/^Your role may not read this: permission denied/).waitFor();
+    // Nor the daily summary: the activity counts the trail rows a user may read (their own).
+    await page.getByText(/from the audit rows your role may read\.$/).waitFor();
+    expect(await page.locator("#activity-chart tbody tr").evaluateAll((rows) => rows.map((r) => [...r.children].map((c) => c.textContent))))
+      .toEqual(await carolsActivity());
     await page.getByRole("button", { name: "Search" }).click();
     await page.getByText("3 changes match, newest first.").waitFor();
     const { rows: [priceChange] } = await db.pool.query(`select id from audit.log where request_id = 'req-lamp-price'`);

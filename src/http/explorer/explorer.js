@@ -422,7 +422,7 @@ async function loadSeals() {
   const failures = runs.filter((r) => !r.succeeded);
   show(target,
     h("p", {}, last
-      ? [`Last sealed day: `, h("strong", {}, last.day), ` (${last.rows} audit rows, sealed ${when(last.sealedAt)}); ${data.auditSeals.totalCount} seals in the chain.`]
+      ? [`Last sealed day: `, h("strong", {}, last.day), ` (${last.rows} audit rows, sealed ${when(last.sealedAt)}); ${data.auditSeals.totalCount} seal${data.auditSeals.totalCount === 1 ? "" : "s"} in the chain.`]
       : "Nothing is sealed yet."),
     h("p", {}, runs.length
       ? [`Last sealing run `, timeOf(runs[0].finishedAt), ": ", runs[0].succeeded ? h("span", { class: "ok" }, "succeeded") : h("span", { class: "bad" }, `failed: ${runs[0].error}`)]
