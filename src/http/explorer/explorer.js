@@ -397,7 +397,7 @@ async function loadPartitions() {
     p.isDefault ? "default" : new Date(p.rangeStart).toISOString().slice(0, 7),
     h("code", {}, p.partitionName),
     h("td", { class: "num" }, String(p.estimatedRows)),
-    h("td", {}, h("meter", { min: 0, max: largest, value: Number(p.totalBytes), "aria-label": `${p.partitionName} size` }), ` ${bytes(p.totalBytes)}`),
+    h("td", { class: "size" }, h("meter", { min: 0, max: largest, value: Number(p.totalBytes), "aria-label": `${p.partitionName} size` }), ` ${bytes(p.totalBytes)}`),
   ])));
 }
 
@@ -409,7 +409,7 @@ async function loadArchives() {
   show(target, nodes.length
     ? grid(["Month", "State", "Rows", "Size", "Updated", "Last error"], nodes.map((a) => [
       a.month.slice(0, 7), h("td", { class: a.lastError ? "bad" : "" }, a.status), h("td", { class: "num" }, a.rows ?? "—"),
-      a.bytes === null ? "—" : bytes(a.bytes), timeOf(a.updatedAt), a.lastError ?? "—"]))
+      h("td", { class: "size" }, a.bytes === null ? "—" : bytes(a.bytes)), timeOf(a.updatedAt), a.lastError ?? "—"]))
     : h("p", {}, "No month has been archived."));
 }
 
