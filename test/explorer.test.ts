@@ -49,7 +49,8 @@ beforeAll(async () => {
                        values ((now() at time zone 'UTC')::date - 1, 0, repeat('a', 64), repeat('b', 64), 1)`);
   await db.pool.query(`insert into audit.archives (month, partition_name, status, file_name, manifest_name, rows, sha256, bytes, archived_at)
                        values ('2020-01-01', 'log_2020_01', 'archived', 'audit-2020-01.copy.gz', 'audit-2020-01.manifest.json', 42, repeat('c', 64), 2048, now())`);
-  api = await startServer({ databaseUrl: db.url, config: { port: 0, jwtSecret: SECRET, trustProxy: false, rateLimitPerMinute: 10_000 } });
+  // In production mode: introspection off and unexpected errors masked, so the page must do without either.
+  api = await startServer({ databaseUrl: db.url, config: { port: 0, jwtSecret: SECRET, trustProxy: false, rateLimitPerMinute: 10_000 }, production: true });
   // Carol (a user) creates a lamp, changes its masked attributes, then its price and stock: three requests.
   const carol = token("carol", "user");
   const created = await gql(`mutation { createProduct(input: { product: { name: "Lamp", price: "12.50", stock: 3, attributes: { supplier: "Acme" } } }) { product { rowId } } }`,
@@ -107,6 +108,16 @@ describe("the explorer in a browser", () => {
     await page.getByRole("button", { name: "Use token" }).click();
   }
 
+  /** Fills the search form (fields not given are emptied), searches, waits for `expected`; the codes shown. */
+  async function searchFor(fields: Record<string, string>, expected: string) {
+    for (const [label, text] of Object.entries({ "Table": "", "Entity id": "", "User id": "", "Request id": "", "From (UTC)": "", "Until (UTC, exclusive)": "", ...fields })) {
+      await page.locator("#search-form").getByLabel(label, { exact: true }).fill(text);
+    }
+    await page.getByRole("button", { name: "Search" }).click();
+    await page.locator("#search-status").getByText(expected, { exact: true }).waitFor();
+    return await page.locator("#timeline li code").allTextContents();
+  }
+
   test("an auditor searches, opens a history, reads exact diffs with the masked field masked, and moves the slider", async () => {
     const auditor = token("auditor-1", "auditor");
     await useToken(auditor);
@@ -155,6 +166,12 @@ describe("the explorer in a browser", () => {
     await slider.press("End");
     await stateShows("stock5");
     expect(await state()).toMatchObject({ name: '"Lamp"', price: "14", stock: "5", attributes: "masked" });
+  });
+
+  test("search by request id, by user, and by a time range", async () => {
+    expect(await searchFor({ "Request id": "req-lamp-supplier" }, "1 change match, newest first.")).toEqual([productId, "carol", "req-lamp-supplier"]);
+    expect(await searchFor({ "User id": "carol", "From (UTC)": "2000-01-01T00:00:00" }, "3 changes match, newest first.")).toHaveLength(9);
+    expect(await searchFor({ "User id": "carol", "Until (UTC, exclusive)": "2000-01-01T00:00:00" }, "0 changes match, newest first.")).toEqual([]);
   });
 
   test("the dashboard shows the current month's partition; the activity chart counts the day's changes", async () => {
@@ -209,8 +226,7 @@ describe("the explorer in a browser", () => {
     await page.getByText(/from the audit rows your role may read\.$/).waitFor();
     expect(await page.locator("#activity-chart tbody tr").evaluateAll((rows) => rows.map((r) => [...r.children].map((c) => c.textContent))))
       .toEqual(await carolsActivity());
-    await page.getByRole("button", { name: "Search" }).click();
-    await page.getByText("3 changes match, newest first.").waitFor();
+    await searchFor({ "Table": "app.products", "Entity id": productId }, "3 changes match, newest first.");
     const { rows: [priceChange] } = await db.pool.query(`select id from audit.log where request_id = 'req-lamp-price'`);
     await page.getByRole("button", { name: `Preview revert of audit row ${priceChange.id}` }).first().click();
     await page.getByText(`Dry run of this change (audit row ${priceChange.id}): 1 step, 0 problems; nothing has changed.`).waitFor();
