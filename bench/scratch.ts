@@ -1,11 +1,7 @@
 // A throwaway migrated database for a benchmark: on DATABASE_URL's server, or an embedded one.
-import os from "node:os";
-import path from "node:path";
-import { randomBytes } from "node:crypto";
-import pg from "pg";
-import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embedded.ts";
-import { runMigrations } from "../src/db/migrate.ts";
-import { databaseUrl } from "../src/db/urls.ts";
+import type pg from "pg";
+import { createPool } from "../src/db/pool.ts";
+import { createDatabase, dropDatabase, scratchName, serverFor } from "../src/db/scratch.ts";
 
 export interface ScratchDatabase {
   url: string;
@@ -16,24 +12,11 @@ export interface ScratchDatabase {
 }
 
 export async function openScratchDatabase(name: string, embeddedPort: number): Promise<ScratchDatabase> {
-  let server: EmbeddedServer | undefined;
-  let serverUrl = process.env.DATABASE_URL;
-  if (!serverUrl) {
-    server = await startEmbeddedPostgres({
-      dataDir: path.join(os.tmpdir(), `cartop-${name}-pg-${randomBytes(4).toString("hex")}`),
-      port: embeddedPort,
-      persistent: false,
-    });
-    serverUrl = server.url;
-  }
-  const dbName = `cartop_${name}_${randomBytes(4).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`create database ${dbName}`);
-  const url = databaseUrl(serverUrl, dbName);
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
-  pool.on("error", () => {}); // idle connections are terminated when the database is dropped at the end
-  await runMigrations(url);
+  const server = await serverFor(process.env.DATABASE_URL, { name, port: embeddedPort });
+  const dbName = scratchName(name);
+  const url = await createDatabase(server.url, dbName);
+  // Idle connections are terminated when the database is dropped at the end.
+  const pool = createPool(url, { max: 4 });
   return {
     url,
     pool,
@@ -41,14 +24,13 @@ export async function openScratchDatabase(name: string, embeddedPort: number): P
       const { rows } = await pool.query(
         `select current_setting('server_version') as version, current_setting('synchronous_commit') as sync,
                 current_setting('shared_buffers') as shared_buffers`);
-      return `PostgreSQL ${rows[0].version}${server ? " (embedded)" : ""}, synchronous_commit=${rows[0].sync}, ` +
+      return `PostgreSQL ${rows[0].version}${server.embedded ? " (embedded)" : ""}, synchronous_commit=${rows[0].sync}, ` +
         `shared_buffers=${rows[0].shared_buffers}`;
     },
     async close() {
       await pool.end();
-      await admin.query(`drop database ${dbName} with (force)`);
-      await admin.end();
-      await server?.stop();
+      await dropDatabase(server.url, dbName);
+      await server.stop();
     },
   };
 }

@@ -24,10 +24,10 @@ create table if not exists audit.seals (
 comment on table audit.seals is 'One seal per finished UTC day of the audit trail, chained; `cartop-audit verify` recomputes them';
 comment on column audit.seals.day is 'The UTC day sealed: audit rows with created_at in [day, day + 1)';
 comment on column audit.seals.rows is 'How many audit rows the day held when it was sealed';
-comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 1)';
+comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 2: every stored column; format 1: all but statement_number)';
 comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
 comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
-comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts); 1 so far';
+comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts): 2 since statement numbers, 1 before';
 comment on column audit.seals.sealed_at is 'When the seal was written';
 
 -- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
@@ -42,14 +42,16 @@ begin
   select * into last_seal from audit.seals order by day desc limit 1;
   if last_seal.day is null then
     if new.previous_digest is not null then
-      raise exception 'the first seal (%) cannot link to a previous one', new.day;
+      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
+        using errcode = 'check_violation';
     end if;
   elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
-    raise exception 'seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
-      using hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
   end if;
   if new.day >= (now() at time zone 'UTC')::date then
-    raise exception 'day % is not finished yet (UTC)', new.day;
+    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
+      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
   end if;
   return new;
 end

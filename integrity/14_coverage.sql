@@ -1,6 +1,7 @@
 -- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
--- `cartop-audit doctor`) can see. Empty means healthy.
-create or replace function audit.coverage_problems(months_ahead integer default 1)
+-- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
+-- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
+create or replace function audit.coverage_problems(months_ahead integer default null)
   returns table (check_name text, object text, problem text)
   language sql
   stable
@@ -37,13 +38,14 @@ as $$
   -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
   -- minutes of a month are not reported (the month that just began was premade months before).
   select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
-         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), months_ahead)
-  from generate_series(
+         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), h.months_ahead)
+  from (select coalesce(coverage_problems.months_ahead, (select p.months_ahead from audit_private.partition_horizon p), 3) as months_ahead) h,
+       generate_series(
          audit_private.current_month(),
          greatest(audit_private.current_month(),
-                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(months_ahead, 0))),
+                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(h.months_ahead, 0))),
          interval '1 month') as m
-  where not exists (select from pg_class where relname = audit_private.partition_name(m::date) and relnamespace = 'audit'::regnamespace)
+  where not (audit_private.partition_state(m::date)).present
   union all
   -- Rows waiting in the default partition.
   select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
@@ -57,11 +59,12 @@ $$;
 
 comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
-create or replace view audit.coverage as select * from audit.coverage_problems(1);
-comment on view audit.coverage is 'Problems in audit capture coverage with one month premade ahead; empty when healthy';
+create or replace view audit.coverage as select * from audit.coverage_problems();
+comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
 comment on column audit.coverage.check_name is 'Which check found the problem';
 comment on column audit.coverage.object is 'The table, trigger or partition concerned';
 comment on column audit.coverage.problem is 'What is wrong';
 
 grant select on audit.coverage to cartop_auditor;
 grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+grant select on audit_private.partition_horizon to cartop_auditor;

@@ -7,6 +7,17 @@ create table if not exists audit_private.partition_maintenance ();
 revoke all on audit_private.partition_maintenance from public;
 comment on table audit_private.partition_maintenance is 'Lock only: serialises partition creation (no rows)';
 
+-- How many months after the current one are kept premade: the last months_ahead given to ensure_partitions
+-- (the worker passes AUDIT_PREMAKE_MONTHS every hour). audit.coverage checks this horizon, so the view, doctor,
+-- the worker and /metrics agree on it.
+create table if not exists audit_private.partition_horizon (
+  singleton    boolean primary key default true check (singleton),
+  months_ahead integer not null check (months_ahead >= 0)
+);
+insert into audit_private.partition_horizon (months_ahead) values (3) on conflict do nothing;
+revoke all on audit_private.partition_horizon from public;
+comment on table audit_private.partition_horizon is 'One row: the premake horizon (months after the current one) audit.ensure_partitions last kept';
+
 create or replace function audit_private.partition_name(month date)
   returns text
   language sql
@@ -47,6 +58,18 @@ as $$
   select date_trunc('month', now() at time zone 'UTC')::date
 $$;
 
+-- Whether a month's partition exists, and whether it is attached to the audit table.
+create or replace function audit_private.partition_state(month date, out present boolean, out attached boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select c.oid is not null,
+         exists (select from pg_inherits i where i.inhrelid = c.oid and i.inhparent = 'audit_private.log_entries'::regclass)
+  from (select) as dummy
+  left join pg_class c on c.relname = audit_private.partition_name(month) and c.relnamespace = 'audit'::regnamespace
+$$;
+
 -- Creates the partition for one month if it does not exist; returns its name.
 -- Concurrent callers are serialised by a lock on audit_private.partition_maintenance, so two workers racing
 -- both succeed. (Not an advisory lock: any role can take one of those and stall partition upkeep; locking
@@ -65,11 +88,11 @@ declare
   range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
-    raise exception 'audit.create_partition: month must not be null';
+    raise exception 'audit.create_partition: month must not be null' using errcode = 'null_value_not_allowed';
   end if;
   lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
-  if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+  if (audit_private.partition_state(month)).present then
     return part_name;
   end if;
 
@@ -126,17 +149,19 @@ as $$
 declare
   first_month date := audit_private.current_month();
   i integer;
-  part_name text;
+  month date;
 begin
   if months_ahead is null or months_ahead < 0 then
-    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
+    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead
+      using errcode = '22023', hint = 'AUDIT_PREMAKE_MONTHS is the number of months premade after the current one';
   end if;
   -- The same lock as create_partition: a racing caller waits here, then finds the months made.
   lock table audit_private.partition_maintenance in share row exclusive mode;
+  update audit_private.partition_horizon h set months_ahead = $1 where h.months_ahead <> $1;
   for i in 0 .. months_ahead loop
-    part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
-    if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
-      return next audit.create_partition((first_month + make_interval(months => i))::date);
+    month := (first_month + make_interval(months => i))::date;
+    if not (audit_private.partition_state(month)).present then
+      return next audit.create_partition(month);
     end if;
   end loop;
 end
@@ -163,9 +188,8 @@ order by is_default, range_start;
 comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
 
 -- Rows waiting in the default partition, by month (exact counts). Should be empty; see the runbook.
--- Security definer so that auditors' audit.coverage can count them: the default partition is recreated by
--- create_partition (losing any grant on it), and row-level security on the trail does not apply to a
--- partition read directly. It evaluates only built-ins on a timestamptz column; only auditors may run it.
+-- Security definer (as the owner) so auditors' coverage checks can count rows they may not read; it runs only
+-- built-in code over the trail's own columns.
 create or replace function audit.default_partition_months()
   returns table (month date, rows bigint)
   language sql
@@ -180,7 +204,7 @@ as $$
 $$;
 
 comment on function audit.default_partition_months() is 'Months that have rows in the default partition, with exact counts (monitoring: should return nothing)';
-revoke execute on function audit.default_partition_months() from public;
+revoke all on function audit.default_partition_months() from public;
 grant execute on function audit.default_partition_months() to cartop_auditor;
 
 -- Moves every row of the default partition into its monthly partition (created as needed); returns the

@@ -61,18 +61,6 @@ $$;
 
 comment on function audit.archivable_months(integer) is 'Months (first days) whose partitions are old enough to archive';
 
--- Whether a month's partition exists, and whether it is attached to the audit table.
-create or replace function audit_private.partition_state(month date, out present boolean, out attached boolean)
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select c.oid is not null,
-         exists (select from pg_inherits i where i.inhrelid = c.oid and i.inhparent = 'audit_private.log_entries'::regclass)
-  from (select) as dummy
-  left join pg_class c on c.relname = audit_private.partition_name(month) and c.relnamespace = 'audit'::regnamespace
-$$;
-
 -- Detaches an archived month's partition after checking it still holds exactly the rows that were
 -- exported (so nothing written since the export can be lost). Plain DETACH, not CONCURRENTLY: the
 -- default partition forbids the concurrent form. The caller sets a short lock_timeout and retries, so
@@ -118,7 +106,8 @@ begin
     return false;
   end if;
   if state.attached then
-    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month);
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
+      using errcode = 'object_not_in_prerequisite_state';
   end if;
   execute format('drop table audit.%I', audit_private.partition_name(month));
   return true;
@@ -138,8 +127,9 @@ as $$
 declare
   part_name text := audit_private.partition_name(month);
 begin
-  if month is null or exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
-    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name;
+  if month is null or (audit_private.partition_state(month)).present then
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
+      using errcode = 'duplicate_table';
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',

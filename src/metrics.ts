@@ -8,7 +8,7 @@ import type pg from "pg";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { ReadReplica } from "./db/readReplica.ts";
 import type { Logger } from "./log.ts";
-import { TASK_NAMES } from "./worker/tasks.ts";
+import { TASK_NAMES } from "./db/taskNames.ts";
 
 const PREFIX = "cartop_audit_";
 

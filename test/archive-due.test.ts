@@ -5,7 +5,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { archiveMonth } from "../src/archive/archive.ts";
-import { runCli } from "../src/cli/commands.ts";
+import { runCli } from "../src/cli/program.ts";
 import { createTestDatabase, errorOf, type TestDatabase } from "./helpers.ts";
 import { fileStore } from "../src/archive/store.ts";
 

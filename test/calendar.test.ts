@@ -9,10 +9,11 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import pg from "pg";
+import type pg from "pg";
 import { archiveMonth, restoreMonth } from "../src/archive/archive.ts";
 import { fileStore } from "../src/archive/store.ts";
 import { startEmbeddedPostgres, type EmbeddedServer } from "../src/db/embedded.ts";
+import { createPool } from "../src/db/pool.ts";
 import { runMigrations } from "../src/db/migrate.ts";
 import { projectRoot } from "../src/db/sourceSql.ts";
 import { databaseUrl } from "../src/db/urls.ts";
@@ -63,10 +64,8 @@ withMovedClock("a month that ends while a transaction is open (server clock at 2
       }
     }
     url = databaseUrl(server.url, "postgres");
-    pool = new pg.Pool({ connectionString: url, max: 4 });
     // Connections the server closes when it is stopped between clocks are not test failures.
-    pool.on("error", () => {});
-    pool.on("connect", (client) => client.on("error", () => {}));
+    pool = createPool(url, { max: 4 });
   }
   async function stop(): Promise<void> {
     await pool?.end();

@@ -183,3 +183,34 @@ test("an archive file that no longer matches its manifest is reported", async ()
     problem: expect.stringMatching(/^checksum mismatch: /),
   }]);
 });
+
+test("audit.coverage checks the premake horizon the deployment keeps, for auditors too", async () => {
+  const fresh = await createTestDatabase();
+  try {
+    const coverage = async () => {
+      const client = await fresh.pool.connect();
+      try {
+        await client.query("set role cartop_auditor");
+        return (await client.query(`select * from audit.coverage where check_name = 'partition_missing'`)).rows;
+      } finally {
+        await client.query("reset role");
+        client.release();
+      }
+    };
+    // AUDIT_PREMAKE_MONTHS reaches the database through the worker's ensure_partitions.
+    await fresh.pool.query(`select audit.ensure_partitions(5)`);
+    expect((await fresh.pool.query(`select months_ahead from audit_private.partition_horizon`)).rows).toEqual([{ months_ahead: 5 }]);
+    expect(await coverage()).toEqual([]);
+    const { rows: [{ name, month }] } = await fresh.pool.query(`select audit_private.partition_name(m::date) as name, to_char(m, 'YYYY-MM') as month
+      from (select date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + interval '5 months' as m) s`);
+    await fresh.pool.query(`drop table audit.${name}`);
+    expect(await coverage()).toEqual([{ check_name: "partition_missing", object: `audit.${name}`, problem: `no partition for ${month} (keep 5 month(s) ahead)` }]);
+    // A deployment that keeps fewer months ahead is not told to premake more.
+    await fresh.pool.query(`select audit.ensure_partitions(2)`);
+    expect(await coverage()).toEqual([]);
+    await expect(fresh.pool.query(`select audit.ensure_partitions(-1)`)).rejects.toMatchObject({
+      message: "audit.ensure_partitions: months_ahead must be >= 0, got -1", code: "22023" });
+  } finally {
+    await fresh.drop();
+  }
+});

@@ -1,8 +1,8 @@
 // Test helpers: a fresh database per test file (cloned from the migrated template), and readers for
 // the audit trail that strip what changes from run to run.
-import { randomBytes } from "node:crypto";
-import pg from "pg";
-import { databaseUrl } from "../src/db/urls.ts";
+import type pg from "pg";
+import { createPool } from "../src/db/pool.ts";
+import { createDatabase, dropDatabase, scratchName } from "../src/db/scratch.ts";
 
 export interface TestDatabase {
   name: string;
@@ -19,30 +19,17 @@ function required(name: string): string {
 
 export async function createTestDatabase(): Promise<TestDatabase> {
   const serverUrl = required("CARTOP_TEST_SERVER_URL");
-  const template = required("CARTOP_TEST_TEMPLATE");
-  const name = `cartop_test_${randomBytes(5).toString("hex")}`;
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  try {
-    await admin.query(`create database ${name} template ${template}`);
-  } finally {
-    await admin.end();
-  }
-  const url = databaseUrl(serverUrl, name);
-  const pool = new pg.Pool({ connectionString: url, max: 6 });
+  const name = scratchName("test");
+  const url = await createDatabase(serverUrl, name, { template: required("CARTOP_TEST_TEMPLATE") });
   // An idle connection dropped by the server (the database is dropped at the end) is not a test failure.
-  pool.on("error", () => {});
-  pool.on("connect", (client) => client.on("error", () => {}));
+  const pool = createPool(url, { max: 6 });
   return {
     name,
     url,
     pool,
     async drop() {
       await pool.end();
-      const client = new pg.Client({ connectionString: serverUrl });
-      await client.connect();
-      await client.query(`drop database if exists ${name} with (force)`);
-      await client.end();
+      await dropDatabase(serverUrl, name);
     },
   };
 }

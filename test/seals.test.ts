@@ -7,7 +7,10 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { projectRoot } from "../src/db/sourceSql.ts";
-import { dayDigest, sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
+import { ARCHIVE_COLUMNS, ARCHIVE_SCHEMA_VERSION } from "../src/archive/files.ts";
+import { archiveMonth } from "../src/archive/archive.ts";
+import { columnsMismatch, storedColumns } from "../src/db/storedColumns.ts";
+import { dayDigest, SEAL_COLUMNS_BY_FORMAT, SEAL_FORMAT, sealDays, sealDigest, verifySeals } from "../src/seals/seals.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 import { fileStore } from "../src/archive/store.ts";
 
@@ -149,6 +152,12 @@ test("verify names the day of each tampering, and is clean again once it is undo
   await tamper(`update audit_private.log_entries set row_data = row_data || '{"name": "row 7"}' where created_at::date = $1 and entity_id = '7'`, [d2]);
   expect((await verify()).problems).toEqual([]);
 
+  // A changed statement number (format 2 digests every stored column).
+  await tamper(`update audit_private.log_entries set statement_number = 2 where created_at::date = $1 and entity_id = '8'`, [d2]);
+  expect((await verify()).problems).toEqual([{ day: d2, problem: "rows differ from what was sealed (same count, 25)" }]);
+  await tamper(`update audit_private.log_entries set statement_number = null where created_at::date = $1 and entity_id = '8'`, [d2]);
+  expect((await verify()).problems).toEqual([]);
+
   // A deleted row.
   const deleted = await one(d3, 11);
   await tamper(`delete from audit_private.log_entries where id = $1`, [deleted.id]);
@@ -249,4 +258,76 @@ test("cartop-audit verify exits 1 naming the first bad day, and 0 on an untouche
   await tamper(`update audit_private.log_entries set user_id = 'someone else' where created_at::date = $1 and entity_id = '5'`, [d3]);
   expect(await run()).toMatchObject({ code: 1, report: { first_bad_day: d3 } });
   expect(await run("--from", "2026-02-30")).toMatchObject({ code: 2, stderr: expect.stringContaining('"2026-02-30" is not a day: expected YYYY-MM-DD') });
+});
+
+test("every stored column is in the current archive format and seal format", async () => {
+  // When this fails, a column was added to audit_private.log_entries: add it to ARCHIVE_COLUMNS and bump
+  // ARCHIVE_SCHEMA_VERSION (src/archive/files.ts), add it to SEAL_COLUMNS_BY_FORMAT and bump SEAL_FORMAT.
+  const stored = await storedColumns(db.pool);
+  expect(columnsMismatch(stored, ARCHIVE_COLUMNS, `archive format ${ARCHIVE_SCHEMA_VERSION}`)).toBeNull();
+  expect(columnsMismatch(stored, SEAL_COLUMNS_BY_FORMAT[SEAL_FORMAT]!, `seal format ${SEAL_FORMAT}`)).toBeNull();
+});
+
+test("days sealed in format 1 still verify with format 1's columns; new days are sealed in format 2", async () => {
+  const fresh = await createTestDatabase();
+  const store = fileStore(await mkdtemp(path.join(os.tmpdir(), "cartop-seals-format-")));
+  try {
+    await fresh.pool.query(`select audit.create_partition(m::date)
+      from generate_series(date_trunc('month', $1::date), date_trunc('month', now()), interval '1 month') m`, [d1]);
+    await fresh.pool.query(`
+      insert into audit_private.log_entries (created_at, tx_id, table_id, action, entity_id, row_data, db_user, statement_number)
+      select d + make_interval(mins => g), 1, 1, 'I', g::text, jsonb_build_object('id', g), 'app', 1
+      from generate_series(date_trunc('month', $1::date), (now() at time zone 'UTC')::date - 1, interval '1 day') d, generate_series(1, 3) g`, [d1]);
+    // The first day sealed as an earlier version did: format 1, without statement numbers.
+    const { rows: [oldest] } = await fresh.pool.query(`select to_char(min(d), 'YYYY-MM-DD') as day from audit.sealable_days('1 hour') d`);
+    const old = { day: oldest.day as string, rows: 0, rows_digest: "", previous_digest: null, format: 1 };
+    Object.assign(old, await dayDigest(fresh.pool, old.day, 1).then(({ rows, digest }) => ({ rows, rows_digest: digest })));
+    await fresh.pool.query(`insert into audit.seals (day, rows, rows_digest, previous_digest, seal_digest, format) values ($1, $2, $3, null, $4, 1)`,
+      [old.day, old.rows, old.rows_digest, sealDigest(old)]);
+    const sealed = await sealDays(fresh.pool, { store });
+    expect(sealed.length).toBeGreaterThan(0);
+    expect(new Set(sealed.map((s) => s.format))).toEqual(new Set([2]));
+    expect((await verifySeals(fresh.pool, { store })).problems).toEqual([]);
+    // A format-1 day is checked with its own columns: a changed value is caught, a changed statement number is
+    // not (format 1 never covered it); on a format-2 day it is.
+    const forge = async (sql: string, day: string) => {
+      const client = await fresh.pool.connect();
+      try {
+        await client.query("set session_replication_role = replica");
+        await client.query(`update audit_private.log_entries set ${sql} where created_at >= $1::date and created_at < $1::date + 1 and entity_id = '2'`, [day]);
+      } finally {
+        await client.query("reset session_replication_role");
+        client.release();
+      }
+    };
+    const newer = sealed[0]!.day;
+    await forge("statement_number = 7", old.day);
+    expect((await verifySeals(fresh.pool, { store })).problems).toEqual([]);
+    await forge("statement_number = 7", newer);
+    await forge("row_data = '{\"id\": 99}'", old.day);
+    expect((await verifySeals(fresh.pool, { store })).problems).toEqual([
+      { day: old.day, problem: "rows differ from what was sealed (same count, 3)" },
+      { day: newer, problem: "rows differ from what was sealed (same count, 3)" },
+    ]);
+  } finally {
+    await fresh.drop();
+  }
+});
+
+test("sealing and archiving refuse while storage has a column their format would leave out", async () => {
+  const fresh = await createTestDatabase();
+  const dir = await mkdtemp(path.join(os.tmpdir(), "cartop-seals-column-"));
+  try {
+    const month = (await fresh.pool.query(`select to_char(audit_private.current_month() - interval '14 months', 'YYYY-MM-DD') as m`)).rows[0].m;
+    await fresh.pool.query(`select audit.create_partition($1::date)`, [month]);
+    await fresh.pool.query(`alter table audit_private.log_entries add column tenant text`);
+    await expect(sealDays(fresh.pool, { store: fileStore(dir) })).rejects.toThrow(
+      `seal: audit_private.log_entries has columns ${[...SEAL_COLUMNS_BY_FORMAT[SEAL_FORMAT]!, "tenant"].join(", ")}; seal format ${SEAL_FORMAT} has ` +
+      `${SEAL_COLUMNS_BY_FORMAT[SEAL_FORMAT]!.join(", ")} (it would leave out tenant): update SEAL_COLUMNS_BY_FORMAT and bump SEAL_FORMAT (src/seals/seals.ts)`);
+    await expect(archiveMonth(fresh.pool, month, { store: fileStore(dir) })).rejects.toThrow("(it would leave out tenant)");
+    expect((await fresh.pool.query(`select count(*)::int as n from audit.seals`)).rows).toEqual([{ n: 0 }]);
+  } finally {
+    await fresh.drop();
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -5,6 +5,7 @@
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createGzip } from "node:zlib";
 import type pg from "pg";
+import { columnsMismatch, storedColumns } from "../db/storedColumns.ts";
 import { from as copyFrom, to as copyTo } from "pg-copy-streams";
 import { monthSealProblems } from "../seals/seals.ts";
 import { ARCHIVE_ERRORS, ArchiveError } from "./errors.ts";
@@ -14,6 +15,7 @@ import {
 } from "./files.ts";
 import { exportParquet } from "./parquet.ts";
 import { putThrough, type ArchiveStore } from "./store.ts";
+import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 export type ArchiveStep = "exported" | "verified" | "detached" | "archived";
 
@@ -68,14 +70,8 @@ const quotedColumns = (client: pg.PoolClient, version = ARCHIVE_SCHEMA_VERSION) 
 
 /** Refuses to export when the storage table's columns are not the archive format's (a restore would lose one). */
 async function checkColumns(client: pg.PoolClient): Promise<void> {
-  const { rows } = await client.query<{ names: string[] }>(
-    `select array_agg(attname::text order by attnum) as names from pg_attribute
-      where attrelid = 'audit_private.log_entries'::regclass and attnum > 0 and not attisdropped`);
-  const names = rows[0]!.names;
-  if (names.join(",") !== ARCHIVE_COLUMNS.join(",")) {
-    throw new ArchiveError(`archive: audit_private.log_entries has columns ${names.join(", ")}, archive format ${ARCHIVE_SCHEMA_VERSION} ` +
-      `has ${ARCHIVE_COLUMNS.join(", ")}`, ARCHIVE_ERRORS.wrongState, "update ARCHIVE_COLUMNS and bump ARCHIVE_SCHEMA_VERSION");
-  }
+  const problem = columnsMismatch(await storedColumns(client), ARCHIVE_COLUMNS, `archive format ${ARCHIVE_SCHEMA_VERSION}`);
+  if (problem) throw new ArchiveError(`archive: ${problem}`, ARCHIVE_ERRORS.wrongState, "update ARCHIVE_COLUMNS and bump ARCHIVE_SCHEMA_VERSION (src/archive/files.ts)");
 }
 
 /** Step 1: stream the month out in one snapshot, compressed, hashed and counted on the way. */
@@ -220,13 +216,13 @@ async function detachWithRetries(pool: pg.Pool, month: string, expectedRows: num
       return;
     } catch (error) {
       await client.query("rollback").catch(() => {});
-      const code = (error as { code?: string }).code;
-      if (code === "55P03" && attempt < attempts) {
+      const code = sqlstateOf(error);
+      if (code === SQLSTATE.lockNotAvailable && attempt < attempts) {
         // lock_not_available: writers are busy; back off and try again rather than queue them behind us.
         await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 100 * 2 ** attempt)));
         continue;
       }
-      if (code === "22000") {
+      if (code === SQLSTATE.dataException) {
         // Rows changed since the export: go back and export again.
         await record(pool, month, { status: "exporting" });
       }

@@ -1,6 +1,7 @@
 // How the CLI talks: readable tables by default, JSON with --json, progress bars on a terminal.
 import { SingleBar } from "cli-progress";
 import Table from "cli-table3";
+import { SQLSTATE } from "../db/sqlstate.ts";
 
 export interface OutputOptions {
   json?: boolean;
@@ -143,7 +144,7 @@ export interface RevertStep {
 export function revertPreview(steps: RevertStep[], apply: boolean): string {
   const lines: string[] = [];
   for (const s of steps) {
-    const verb = s.problem ? (s.problem_code === "55000" ? "CONFLICT" : "REFUSED") : apply ? (s.applied ? "done" : "skipped") : "would run";
+    const verb = s.problem ? (s.problem_code === SQLSTATE.objectNotInPrerequisiteState ? "CONFLICT" : "REFUSED") : apply ? (s.applied ? "done" : "skipped") : "would run";
     lines.push(`${s.step}. ${s.revert_action ?? "-"} ${s.entity_schema}.${s.entity_name} ${s.entity_id ?? ""} ` +
       `(undoes ${s.action} of audit row ${s.log_id}, statement ${s.statement_number ?? "?"}): ${verb}`);
     if (s.problem) lines.push(`   ${s.problem}`);

@@ -1,6 +1,9 @@
 // Committed graphile-migrate migrations are the only way SQL reaches a database.
 import path from "node:path";
 import { Logger, migrate } from "graphile-migrate";
+// graphile-migrate keeps its pool open 200 ms after a run, and ends the process if one of its idle connections
+// fails; a caller that stops the server right after migrating (tests, the calendar test's clock changes) would die.
+import { clearAllPools } from "graphile-migrate/dist/pgReal.js";
 import pg from "pg";
 import { projectRoot } from "./sourceSql.ts";
 
@@ -39,4 +42,5 @@ export async function runMigrations(connectionString: string, options: MigrateOp
     migrationsFolder: path.join(projectRoot, "migrations"),
     logger: new Logger(() => (_level: unknown, message: string) => log(message)),
   });
+  clearAllPools();
 }

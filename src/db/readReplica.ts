@@ -1,6 +1,7 @@
 // The read replica (DATABASE_READ_URL): a pool on it, and whether it may serve reads now — reachable and
 // no more than DATABASE_READ_MAX_LAG_SECONDS behind the primary. Checked at most once a second.
-import pg from "pg";
+import type pg from "pg";
+import { createPool } from "./pool.ts";
 import type { Logger } from "../log.ts";
 
 export interface ReplicaState {
@@ -23,9 +24,7 @@ export class ReadReplica {
 
   constructor(readUrl: string, primary: pg.Pool, maxLagSeconds: number, logger: Logger) {
     // A short connect timeout: a replica that is down must not hold requests up before they fall back.
-    this.pool = new pg.Pool({ connectionString: readUrl, max: 10, connectionTimeoutMillis: 2000 });
-    this.pool.on("error", () => {});
-    this.pool.on("connect", (client) => client.on("error", () => {}));
+    this.pool = createPool(readUrl, { max: 10, connectionTimeoutMillis: 2000 });
     this.primary = primary;
     this.maxLagSeconds = maxLagSeconds;
     this.logger = logger;

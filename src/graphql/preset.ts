@@ -8,10 +8,11 @@ import { PgSimplifyInflectionPreset } from "@graphile/simplify-inflection";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
-import type { RequestIdentity } from "../http/identity.ts";
-import { API_STATEMENT_TIMEOUT_MS } from "../http/limits.ts";
+import type { Request } from "express";
+import type { RequestIdentity } from "./identity.ts";
 import { routeReadsToReplica } from "./readRouting.ts";
 import { smartTagsPlugin } from "./smartTags.ts";
+import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 export interface PresetOptions {
   /** Connection the API runs queries on (cartop_authenticator in production). */
@@ -40,6 +41,9 @@ type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown,
 const roles = { user: "cartop_user", auditor: "cartop_auditor", admin: "cartop_admin" } as const;
 
 /** The transaction-local settings for one request: the role to act as and who is acting. */
+/** statement_timeout of every API transaction (set in pgSettings: role settings do not apply after SET ROLE). */
+export const API_STATEMENT_TIMEOUT_MS = 15_000;
+
 export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = API_STATEMENT_TIMEOUT_MS): Record<string, string> {
   const claims = identity.claims;
   const settings: Record<string, string> = {
@@ -98,7 +102,7 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
       explain: false,
       context(requestContext) {
         const req = requestContext.expressv4?.req;
-        const identity = (req as { identity?: RequestIdentity } | undefined)?.identity;
+        const identity = (req as Request | undefined)?.identity;
         if (!identity) throw new Error("request identity missing: the identity middleware must run before GraphQL");
         return { pgSettings: pgSettingsFor(identity, options.statementTimeoutMs) };
       },
@@ -128,7 +132,7 @@ function maskError(error: GraphQLError, production: boolean, report: ErrorReport
   if (typeof original.code === "string" && /^(22|23|42501|P0001|28|57014)/.test(original.code)) {
     report("rejected", original);
     const message = original instanceof Error ? original.message : error.message;
-    const hint = original.code === "57014" ? ` (the API allows ${statementTimeoutMs / 1000} s per statement): ask for smaller pages or narrower filters` : "";
+    const hint = sqlstateOf(original) === SQLSTATE.queryCanceled ? ` (the API allows ${statementTimeoutMs / 1000} s per statement): ask for smaller pages or narrower filters` : "";
     return new GraphQLError(message + hint, {
       nodes: error.nodes, source: error.source, positions: error.positions, path: error.path,
       extensions: { code: original.code },

@@ -6,6 +6,7 @@ import { AsyncLocalStorage } from "node:async_hooks";
 import { Kind, type DocumentNode, type OperationDefinitionNode, type SelectionSetNode } from "graphql";
 import type pg from "pg";
 import { createWithPgClient } from "postgraphile/adaptors/pg";
+import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 /** Top-level Query fields that only read the audit trail (schema.graphql); their plans never write. */
 export const TRAIL_READ_FIELDS: ReadonlySet<string> = new Set([
@@ -45,10 +46,10 @@ export const readRoute = new AsyncLocalStorage<ReadRoute>();
 
 /** Errors on the replica after which a read is run again on the primary. */
 export function retryOnPrimary(error: unknown): boolean {
-  const code = (error as { code?: unknown }).code;
+  const code = sqlstateOf(error);
   // 40001: cancelled by a recovery conflict (the standby replayed a change the read's snapshot or lock
   // conflicted with); 57P0x/08xxx and socket errors: the replica went away mid-request.
-  return code === "40001" || (typeof code === "string" && /^(57P0|08)/.test(code)) ||
+  return code === SQLSTATE.serializationFailure || (code !== undefined && /^(57P0|08)/.test(code)) ||
     (error instanceof Error && /Connection terminated|ECONNREFUSED|ECONNRESET/.test(error.message));
 }
 

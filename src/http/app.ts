@@ -3,10 +3,10 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import express, { type NextFunction, type Request, type Response } from "express";
-import pg from "pg";
 import { pinoHttp } from "pino-http";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
+import { createPool } from "../db/pool.ts";
 import type { Config } from "../config.ts";
 import { makePreset } from "../graphql/preset.ts";
 import { createLogger, withRequestContext, type Logger } from "../log.ts";
@@ -55,15 +55,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const logger = options.logger ?? createLogger("silent");
 
   // Our own pools, so that close() can wait until every connection is gone.
-  const apiPool = new pg.Pool({ connectionString: options.authenticatorUrl ?? options.databaseUrl, max: 10 });
-  const ownerPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
-  const healthPool = new pg.Pool({ connectionString: options.databaseUrl, max: 1 });
+  const apiPool = createPool(options.authenticatorUrl ?? options.databaseUrl, { max: 10 });
+  const ownerPool = createPool(options.databaseUrl, { max: 2 });
+  const healthPool = createPool(options.databaseUrl, { max: 1 });
   // One upsert per /graphql request (the shared rate limit); its own pool, so a slow scrape never delays it.
-  const limitsPool = new pg.Pool({ connectionString: options.databaseUrl, max: 2 });
-  for (const pool of [apiPool, ownerPool, healthPool, limitsPool]) {
-    pool.on("error", () => {}); // an idle connection closed by the server is replaced on next use
-    pool.on("connect", (client) => client.on("error", () => {}));
-  }
+  const limitsPool = createPool(options.databaseUrl, { max: 2 });
   const replica = options.readUrl ? new ReadReplica(options.readUrl, ownerPool, options.readMaxLagSeconds ?? 5, logger) : undefined;
   // /metrics reads the trail where audit reads go: the replica while it is usable.
   const metrics = createMetrics(ownerPool, [{ name: "api", pool: apiPool }, { name: "owner", pool: ownerPool }], logger, replica);
@@ -181,7 +177,7 @@ function listen(server: http.Server, port: number): Promise<void> {
 }
 
 function requestIdOf(req: http.IncomingMessage): string {
-  return (req as Request & { requestId: string }).requestId;
+  return (req as Request).requestId;
 }
 
 /** Scrapes per minute per client: Prometheus scrapes every 15-60 s. */

@@ -2,20 +2,9 @@
 import { randomUUID } from "node:crypto";
 import type { NextFunction, Request, Response } from "express";
 import jwt from "jsonwebtoken";
+import type { Claims, RequestIdentity } from "../graphql/identity.ts";
 
-export interface Claims {
-  sub: string;
-  email?: string;
-  role: "user" | "auditor" | "admin";
-}
-
-export interface RequestIdentity {
-  requestId: string;
-  ip: string | undefined;
-  userAgent: string | undefined;
-  /** Undefined for anonymous requests (no Authorization header). */
-  claims: Claims | undefined;
-}
+export type { Claims, RequestIdentity };
 
 /** Replies the way GraphQL clients expect errors, with an HTTP status that says what went wrong. */
 export function sendError(res: Response, status: number, message: string, headers: Record<string, string> = {}): void {
@@ -30,7 +19,7 @@ export function requestId(req: Request, res: Response, next: NextFunction): void
   const given = req.get("x-request-id");
   const id = given && requestIdPattern.test(given) ? given : randomUUID();
   res.setHeader("X-Request-Id", id);
-  (req as Request & { requestId: string }).requestId = id;
+  req.requestId = id;
   next();
 }
 
@@ -64,13 +53,13 @@ export function identity(jwtSecret: string | undefined) {
       }
     }
     const id: RequestIdentity = {
-      requestId: (req as Request & { requestId: string }).requestId,
+      requestId: req.requestId,
       // req.ip honours X-Forwarded-For only when the app's "trust proxy" is set (TRUST_PROXY).
       ip: req.ip?.replace(/^::ffff:/, ""),
       userAgent: req.get("user-agent") || undefined,
       claims,
     };
-    (req as Request & { identity: RequestIdentity }).identity = id;
+    req.identity = id;
     next();
   };
 }

@@ -18,8 +18,6 @@ export const MAX_COST = 20_000;
 export const CONNECTION_COST = 100;
 /** A response body larger than this is replaced by a 400 (page sizes and cost keep honest queries far below). */
 export const MAX_RESPONSE_BYTES = 10_000_000;
-/** statement_timeout of every API transaction (set in pgSettings: role settings do not apply after SET ROLE). */
-export const API_STATEMENT_TIMEOUT_MS = 15_000;
 /**
  * Introspection (`__schema`, `__type`) reads the schema, not the database. The standard introspection query
  * (graphql's getIntrospectionQuery, what GraphiQL, codegen and Postman send) nests `ofType` about ten levels

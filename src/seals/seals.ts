@@ -6,27 +6,42 @@
 // database being verified.
 import { createHash } from "node:crypto";
 import type pg from "pg";
+import { columnsMismatch, storedColumns } from "../db/storedColumns.ts";
 import type { ArchiveStore } from "../archive/store.ts";
 
-/** Version of the digest definitions below; stored with each seal. Changing them means a new format. */
-const SEAL_FORMAT = 1;
+/**
+ * The stored columns each seal format digests, in order. A column added to storage needs a new format (sealing
+ * refuses to run until there is one); days sealed in an older format are verified with that format's list.
+ * Format 2 added statement_number.
+ */
+export const SEAL_COLUMNS_BY_FORMAT: Readonly<Record<number, readonly string[]>> = {
+  1: ["id", "created_at", "tx_id", "table_id", "action", "entity_id", "old_entity_id", "row_data", "delta", "user_id",
+    "user_email", "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name"],
+  2: ["id", "created_at", "tx_id", "table_id", "action", "entity_id", "old_entity_id", "row_data", "delta", "user_id",
+    "user_email", "ip_address", "user_agent", "request_id", "metadata", "db_user", "application_name", "statement_number"],
+};
+/** The format new seals are written in. */
+export const SEAL_FORMAT = 2;
 
 /**
- * Format 1: rows_digest = SHA-256 of the concatenated SHA-256 digests of every row of the day in id order,
- * each row being the text of a ROW(...) of its stored columns (PostgreSQL's record output: quoted where
- * needed, NULL distinct from ''). The time is written in UTC by to_char and no other column's text depends
- * on session settings, so the digest is the same from any connection. ~32 bytes per row are aggregated in
- * memory. (A jsonb array per row was twice as slow: it copies every jsonb value before printing it.)
+ * rows_digest = SHA-256 of the concatenated SHA-256 digests of every row of the day in id order, each row being
+ * the text of a ROW(...) of the format's stored columns (PostgreSQL's record output: quoted where needed, NULL
+ * distinct from ''). The time is written in UTC by to_char and no other column's text depends on session
+ * settings, so the digest is the same from any connection. ~32 bytes per row are aggregated in memory. (A jsonb
+ * array per row was twice as slow: it copies every jsonb value before printing it.)
  */
-const DAY_DIGEST_SQL = `
+function dayDigestSql(format: number): string {
+  const columns = SEAL_COLUMNS_BY_FORMAT[format];
+  if (!columns) throw new Error(`seal format ${format} is not one this version computes (${Object.keys(SEAL_COLUMNS_BY_FORMAT).join(", ")})`);
+  // Fixed names from the list above, not input.
+  const fields = columns.map((c) => (c === "created_at" ? `to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')` : c));
+  return `
   select count(*)::bigint as rows,
-         encode(sha256(coalesce(string_agg(sha256(convert_to(row(
-           id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), tx_id, table_id, action,
-           entity_id, old_entity_id, row_data, delta, user_id, user_email, ip_address, user_agent, request_id,
-           metadata, db_user, application_name)::text, 'UTF8')), ''::bytea order by id), ''::bytea)), 'hex') as digest
+         encode(sha256(coalesce(string_agg(sha256(convert_to(row(${fields.join(", ")})::text, 'UTF8')), ''::bytea order by id), ''::bytea)), 'hex') as digest
   from audit_private.log_entries
   where created_at >= ($1::date)::timestamp at time zone 'UTC'
     and created_at < ($1::date + 1)::timestamp at time zone 'UTC'`;
+}
 
 export interface Seal {
   day: string; // YYYY-MM-DD (UTC)
@@ -46,9 +61,9 @@ export function sealDigest(seal: SealFields): string {
   return createHash("sha256").update(text).digest("hex");
 }
 
-/** Rows and digest of one UTC day as the trail holds it now. */
-export async function dayDigest(db: pg.Pool | pg.PoolClient, day: string): Promise<{ rows: number; digest: string }> {
-  const { rows } = await db.query<{ rows: string; digest: string }>(DAY_DIGEST_SQL, [day]);
+/** Rows and digest of one UTC day as the trail holds it now, in seal format `format`. */
+export async function dayDigest(db: pg.Pool | pg.PoolClient, day: string, format = SEAL_FORMAT): Promise<{ rows: number; digest: string }> {
+  const { rows } = await db.query<{ rows: string; digest: string }>(dayDigestSql(format), [day]);
   return { rows: Number(rows[0]!.rows), digest: rows[0]!.digest };
 }
 
@@ -109,6 +124,8 @@ export async function sealDays(pool: pg.Pool, options: SealOptions): Promise<Sea
   const sealed: Seal[] = [];
   const { rows: days } = await pool.query<{ day: string }>(
     "select to_char(d, 'YYYY-MM-DD') as day from audit.sealable_days($1::interval) as d", [options.grace ?? "1 hour"]);
+  const problem = columnsMismatch(await storedColumns(pool), SEAL_COLUMNS_BY_FORMAT[SEAL_FORMAT]!, `seal format ${SEAL_FORMAT}`);
+  if (problem) throw new Error(`seal: ${problem}: update SEAL_COLUMNS_BY_FORMAT and bump SEAL_FORMAT (src/seals/seals.ts)`);
   const started = performance.now();
   for (const { day } of days) {
     if (sealed.length && options.stopAfterSeconds !== undefined && performance.now() - started > options.stopAfterSeconds * 1000) break;
@@ -194,8 +211,8 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
     if (seal.previous_digest !== (previous?.seal_digest ?? null)) {
       problems.push({ day: seal.day, problem: "seal does not link to the previous day's seal (the chain was rewritten)" });
     }
-    if (seal.format !== SEAL_FORMAT) {
-      problems.push({ day: seal.day, problem: `seal format ${seal.format} is not one this version computes (${SEAL_FORMAT})` });
+    if (!SEAL_COLUMNS_BY_FORMAT[seal.format]) {
+      problems.push({ day: seal.day, problem: `seal format ${seal.format} is not one this version computes (${Object.keys(SEAL_COLUMNS_BY_FORMAT).join(", ")})` });
     } else if (seal.seal_digest !== sealDigest(seal)) {
       problems.push({ day: seal.day, problem: "seal digest does not match its own fields (the seal was edited)" });
     }
@@ -251,8 +268,9 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
 }
 
 /** Why the rows of a sealed day no longer match its seal, or null when they do. */
-async function dayProblem(db: pg.Pool | pg.PoolClient, seal: Pick<Seal, "day" | "rows" | "rows_digest">): Promise<string | null> {
-  const now = await dayDigest(db, seal.day);
+async function dayProblem(db: pg.Pool | pg.PoolClient, seal: Pick<Seal, "day" | "rows" | "rows_digest" | "format">): Promise<string | null> {
+  if (!SEAL_COLUMNS_BY_FORMAT[seal.format]) return `seal format ${seal.format} is not one this version computes`;
+  const now = await dayDigest(db, seal.day, seal.format);
   if (now.rows !== seal.rows) return `${now.rows} rows, but ${seal.rows} were sealed`;
   if (now.digest !== seal.rows_digest) return `rows differ from what was sealed (same count, ${seal.rows})`;
   return null;

@@ -5,7 +5,9 @@ import type pg from "pg";
 import { archiveDue } from "../archive/due.ts";
 import type { ArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
+import { coverageProblems } from "../coverage/problems.ts";
 import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
+import { TASK_NAMES } from "../db/taskNames.ts";
 import { sealDays } from "../seals/seals.ts";
 
 /**
@@ -27,11 +29,6 @@ export const crontab = [
   "*/10 * * * * audit__check_coverage ?jobKey=audit__check_coverage&jobKeyMode=replace&queue=audit__check_coverage",
   "15 3 * * * audit__archive_partitions ?fill=2d&jobKey=audit__archive_partitions&jobKeyMode=replace&queue=audit__archive_partitions",
 ].join("\n");
-
-/** Every scheduled task, by name (metrics show each from the start, with zero runs). */
-export const TASK_NAMES = [
-  "audit__ensure_partitions", "audit__summarize_activity", "audit__seal_days", "audit__check_coverage", "audit__archive_partitions",
-] as const;
 
 /** A backlog (the first run on a long trail) is sealed over several runs, so other tasks are not held up. */
 const SEAL_BUDGET_SECONDS = 300;
@@ -89,8 +86,7 @@ export function makeTasks(pool: pg.Pool, config: TaskConfig): TaskList & Record<
     audit__seal_days: recorded(pool, "audit__seal_days", (helpers) => exclusively(pool, MAINTENANCE_LOCK, () => sealFinishedDays(helpers))),
 
     audit__check_coverage: recorded(pool, "audit__check_coverage", async (helpers) => {
-      const { rows } = await pool.query<{ check_name: string; object: string; problem: string }>(
-        "select check_name, object, problem from audit.coverage_problems($1)", [config.premakeMonths]);
+      const rows = await coverageProblems(pool, config.premakeMonths);
       for (const p of rows) helpers.logger.warn(`coverage: ${p.check_name} ${p.object}: ${p.problem}`);
       return { problems: rows };
     }),

@@ -1,6 +1,6 @@
 // The graphile-worker runner: in-process with `start`, standalone with `cartop-audit worker`.
 import { Logger as WorkerLogger, run, type Runner } from "graphile-worker";
-import pg from "pg";
+import { createPool } from "../db/pool.ts";
 import { openArchiveStore } from "../archive/store.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -21,12 +21,10 @@ function workerLogger(logger: Logger): WorkerLogger {
 }
 
 export async function startWorker(databaseUrl: string, config: Config, logger: Logger): Promise<RunningWorker> {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
-  // A connection lost while idle is replaced on next use; log it rather than crash the process.
-  const lost = (error: Error & { code?: string }) =>
-    logger.warn({ component: "worker", error: error.message, code: error.code }, "database connection lost");
-  pool.on("error", lost);
-  pool.on("connect", (client) => client.on("error", lost));
+  const pool = createPool(databaseUrl, {
+    max: 4,
+    onLost: (error) => logger.warn({ component: "worker", error: error.message, code: error.code }, "database connection lost"),
+  });
   let runner: Runner;
   try {
     runner = await run({

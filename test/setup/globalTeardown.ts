@@ -1,13 +1,8 @@
-import pg from "pg";
+import { dropDatabase } from "../../src/db/scratch.ts";
 
 export default async function globalTeardown(): Promise<void> {
   const serverUrl = process.env.CARTOP_TEST_SERVER_URL;
   const template = process.env.CARTOP_TEST_TEMPLATE;
-  if (serverUrl && template) {
-    const admin = new pg.Client({ connectionString: serverUrl });
-    await admin.connect();
-    await admin.query(`drop database if exists ${template} with (force)`);
-    await admin.end();
-  }
+  if (serverUrl && template) await dropDatabase(serverUrl, template);
   await globalThis.cartopTestServer?.stop();
 }

@@ -1,6 +1,6 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:d89f222c09da1121eb87d3706ef6d968dd6df926
---! Message: auditors can read audit.coverage: default_partition_months counts the default partition as its owner
+--! Hash: sha1:51d6f1a3acd886ceca6353191fd5653733babe7e
+--! Message: one house: formats, horizon, errcodes
 
 -- source: triggers/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -118,6 +118,17 @@ create table if not exists audit_private.partition_maintenance ();
 revoke all on audit_private.partition_maintenance from public;
 comment on table audit_private.partition_maintenance is 'Lock only: serialises partition creation (no rows)';
 
+-- How many months after the current one are kept premade: the last months_ahead given to ensure_partitions
+-- (the worker passes AUDIT_PREMAKE_MONTHS every hour). audit.coverage checks this horizon, so the view, doctor,
+-- the worker and /metrics agree on it.
+create table if not exists audit_private.partition_horizon (
+  singleton    boolean primary key default true check (singleton),
+  months_ahead integer not null check (months_ahead >= 0)
+);
+insert into audit_private.partition_horizon (months_ahead) values (3) on conflict do nothing;
+revoke all on audit_private.partition_horizon from public;
+comment on table audit_private.partition_horizon is 'One row: the premake horizon (months after the current one) audit.ensure_partitions last kept';
+
 create or replace function audit_private.partition_name(month date)
   returns text
   language sql
@@ -158,6 +169,18 @@ as $$
   select date_trunc('month', now() at time zone 'UTC')::date
 $$;
 
+-- Whether a month's partition exists, and whether it is attached to the audit table.
+create or replace function audit_private.partition_state(month date, out present boolean, out attached boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select c.oid is not null,
+         exists (select from pg_inherits i where i.inhrelid = c.oid and i.inhparent = 'audit_private.log_entries'::regclass)
+  from (select) as dummy
+  left join pg_class c on c.relname = audit_private.partition_name(month) and c.relnamespace = 'audit'::regnamespace
+$$;
+
 -- Creates the partition for one month if it does not exist; returns its name.
 -- Concurrent callers are serialised by a lock on audit_private.partition_maintenance, so two workers racing
 -- both succeed. (Not an advisory lock: any role can take one of those and stall partition upkeep; locking
@@ -176,11 +199,11 @@ declare
   range_to timestamptz := audit_private.month_end(month);
 begin
   if month is null then
-    raise exception 'audit.create_partition: month must not be null';
+    raise exception 'audit.create_partition: month must not be null' using errcode = 'null_value_not_allowed';
   end if;
   lock table audit_private.partition_maintenance in share row exclusive mode;
   -- A fresh catalog query (not to_regclass, whose cache may predate the lock) sees a racing creator's commit.
-  if exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
+  if (audit_private.partition_state(month)).present then
     return part_name;
   end if;
 
@@ -237,17 +260,19 @@ as $$
 declare
   first_month date := audit_private.current_month();
   i integer;
-  part_name text;
+  month date;
 begin
   if months_ahead is null or months_ahead < 0 then
-    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead;
+    raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead
+      using errcode = '22023', hint = 'AUDIT_PREMAKE_MONTHS is the number of months premade after the current one';
   end if;
   -- The same lock as create_partition: a racing caller waits here, then finds the months made.
   lock table audit_private.partition_maintenance in share row exclusive mode;
+  update audit_private.partition_horizon h set months_ahead = $1 where h.months_ahead <> $1;
   for i in 0 .. months_ahead loop
-    part_name := audit_private.partition_name((first_month + make_interval(months => i))::date);
-    if not exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
-      return next audit.create_partition((first_month + make_interval(months => i))::date);
+    month := (first_month + make_interval(months => i))::date;
+    if not (audit_private.partition_state(month)).present then
+      return next audit.create_partition(month);
     end if;
   end loop;
 end
@@ -274,9 +299,8 @@ order by is_default, range_start;
 comment on view audit.partitions is 'Partitions of the audit trail: range (UTC months), estimated rows, bytes, default or not';
 
 -- Rows waiting in the default partition, by month (exact counts). Should be empty; see the runbook.
--- Security definer so that auditors' audit.coverage can count them: the default partition is recreated by
--- create_partition (losing any grant on it), and row-level security on the trail does not apply to a
--- partition read directly. It evaluates only built-ins on a timestamptz column; only auditors may run it.
+-- Security definer (as the owner) so auditors' coverage checks can count rows they may not read; it runs only
+-- built-in code over the trail's own columns.
 create or replace function audit.default_partition_months()
   returns table (month date, rows bigint)
   language sql
@@ -291,7 +315,7 @@ as $$
 $$;
 
 comment on function audit.default_partition_months() is 'Months that have rows in the default partition, with exact counts (monitoring: should return nothing)';
-revoke execute on function audit.default_partition_months() from public;
+revoke all on function audit.default_partition_months() from public;
 grant execute on function audit.default_partition_months() to cartop_auditor;
 
 -- Moves every row of the default partition into its monthly partition (created as needed); returns the
@@ -1573,18 +1597,6 @@ $$;
 
 comment on function audit.archivable_months(integer) is 'Months (first days) whose partitions are old enough to archive';
 
--- Whether a month's partition exists, and whether it is attached to the audit table.
-create or replace function audit_private.partition_state(month date, out present boolean, out attached boolean)
-  language sql
-  stable
-  set search_path = pg_catalog, pg_temp
-as $$
-  select c.oid is not null,
-         exists (select from pg_inherits i where i.inhrelid = c.oid and i.inhparent = 'audit_private.log_entries'::regclass)
-  from (select) as dummy
-  left join pg_class c on c.relname = audit_private.partition_name(month) and c.relnamespace = 'audit'::regnamespace
-$$;
-
 -- Detaches an archived month's partition after checking it still holds exactly the rows that were
 -- exported (so nothing written since the export can be lost). Plain DETACH, not CONCURRENTLY: the
 -- default partition forbids the concurrent form. The caller sets a short lock_timeout and retries, so
@@ -1630,7 +1642,8 @@ begin
     return false;
   end if;
   if state.attached then
-    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month);
+    raise exception 'audit: partition audit.% is still attached; archive it before dropping', audit_private.partition_name(month)
+      using errcode = 'object_not_in_prerequisite_state';
   end if;
   execute format('drop table audit.%I', audit_private.partition_name(month));
   return true;
@@ -1650,8 +1663,9 @@ as $$
 declare
   part_name text := audit_private.partition_name(month);
 begin
-  if month is null or exists (select from pg_class where relname = part_name and relnamespace = 'audit'::regnamespace) then
-    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name;
+  if month is null or (audit_private.partition_state(month)).present then
+    raise exception 'audit: cannot create a restore table for %: audit.% exists', month, part_name
+      using errcode = 'duplicate_table';
   end if;
   execute format('create table audit.%I (like audit_private.log_entries including defaults including constraints)', part_name);
   execute format('alter table audit.%I add constraint restore_range check (created_at >= %L and created_at < %L)',
@@ -1953,10 +1967,10 @@ create table if not exists audit.seals (
 comment on table audit.seals is 'One seal per finished UTC day of the audit trail, chained; `cartop-audit verify` recomputes them';
 comment on column audit.seals.day is 'The UTC day sealed: audit rows with created_at in [day, day + 1)';
 comment on column audit.seals.rows is 'How many audit rows the day held when it was sealed';
-comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 1)';
+comment on column audit.seals.rows_digest is 'SHA-256 over the SHA-256 of every row of the day, in id order (format 2: every stored column; format 1: all but statement_number)';
 comment on column audit.seals.previous_digest is 'seal_digest of the previous day; null for the first seal of the chain';
 comment on column audit.seals.seal_digest is 'SHA-256 of format, day, rows, rows_digest and previous_digest: the link the next day chains to';
-comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts); 1 so far';
+comment on column audit.seals.format is 'How the digests are computed (src/seals/seals.ts): 2 since statement numbers, 1 before';
 comment on column audit.seals.sealed_at is 'When the seal was written';
 
 -- Seals form one unbroken chain: each new seal is the day after the last one and links to its digest.
@@ -1971,14 +1985,16 @@ begin
   select * into last_seal from audit.seals order by day desc limit 1;
   if last_seal.day is null then
     if new.previous_digest is not null then
-      raise exception 'the first seal (%) cannot link to a previous one', new.day;
+      raise exception 'audit.seals: the first seal (%) cannot link to a previous one', new.day
+        using errcode = 'check_violation';
     end if;
   elsif new.day <> last_seal.day + 1 or new.previous_digest is distinct from last_seal.seal_digest then
-    raise exception 'seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
-      using hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
+    raise exception 'audit.seals: seal for % does not extend the chain, which ends at % (%)', new.day, last_seal.day, last_seal.seal_digest
+      using errcode = 'check_violation', hint = 'Seals are written in day order by cartop-audit (worker task audit__seal_days or `cartop-audit seal`).';
   end if;
   if new.day >= (now() at time zone 'UTC')::date then
-    raise exception 'day % is not finished yet (UTC)', new.day;
+    raise exception 'audit.seals: day % is not finished yet (UTC)', new.day
+      using errcode = 'object_not_in_prerequisite_state', hint = 'A day is sealed after it ends (UTC).';
   end if;
   return new;
 end
@@ -2046,8 +2062,9 @@ comment on function audit.sealable_days(interval) is 'Finished UTC days not seal
 
 -- source: integrity/14_coverage.sql
 -- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
--- `cartop-audit doctor`) can see. Empty means healthy.
-create or replace function audit.coverage_problems(months_ahead integer default 1)
+-- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
+-- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
+create or replace function audit.coverage_problems(months_ahead integer default null)
   returns table (check_name text, object text, problem text)
   language sql
   stable
@@ -2084,13 +2101,14 @@ as $$
   -- hour ago. The hourly premake needs that hour to move the horizon on when a month begins, so the first
   -- minutes of a month are not reported (the month that just began was premade months before).
   select 'partition_missing', 'audit.' || audit_private.partition_name(m::date),
-         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), months_ahead)
-  from generate_series(
+         format('no partition for %s (keep %s month(s) ahead)', to_char(m, 'YYYY-MM'), h.months_ahead)
+  from (select coalesce(coverage_problems.months_ahead, (select p.months_ahead from audit_private.partition_horizon p), 3) as months_ahead) h,
+       generate_series(
          audit_private.current_month(),
          greatest(audit_private.current_month(),
-                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(months_ahead, 0))),
+                  date_trunc('month', (now() - interval '1 hour') at time zone 'UTC') + make_interval(months => greatest(h.months_ahead, 0))),
          interval '1 month') as m
-  where not exists (select from pg_class where relname = audit_private.partition_name(m::date) and relnamespace = 'audit'::regnamespace)
+  where not (audit_private.partition_state(m::date)).present
   union all
   -- Rows waiting in the default partition.
   select 'default_partition_rows', 'audit.log_default', format('%s row(s) of %s', d.rows, to_char(d.month, 'YYYY-MM'))
@@ -2104,14 +2122,15 @@ $$;
 
 comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
-create or replace view audit.coverage as select * from audit.coverage_problems(1);
-comment on view audit.coverage is 'Problems in audit capture coverage with one month premade ahead; empty when healthy';
+create or replace view audit.coverage as select * from audit.coverage_problems();
+comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
 comment on column audit.coverage.check_name is 'Which check found the problem';
 comment on column audit.coverage.object is 'The table, trigger or partition concerned';
 comment on column audit.coverage.problem is 'What is wrong';
 
 grant select on audit.coverage to cartop_auditor;
 grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+grant select on audit_private.partition_horizon to cartop_auditor;
 
 -- source: integrity/15_task_runs.sql
 -- What the worker's scheduled tasks did: one row per run, success or failure. /metrics reads it (the worker
