@@ -486,3 +486,22 @@ test("schema.graphql is the schema the server builds (run npm run schema:print a
   const committed = await readFile(path.join(projectRoot, "schema.graphql"), "utf8");
   expect(await printedSchema(db.url)).toBe(committed);
 });
+
+test("objects added to the audit schema stay out of GraphQL until src/graphql/exposure.ts names them", async () => {
+  const fresh = await createTestDatabase();
+  try {
+    await fresh.pool.query(`
+      create table audit.new_bookkeeping (id int primary key, note text);
+      create function audit.new_internal_step(n int) returns int language sql as 'select n';
+      create function app.new_app_function() returns int language sql stable as 'select 1';
+      grant select on audit.new_bookkeeping to cartop_user, cartop_auditor;
+      grant execute on function audit.new_internal_step(int) to cartop_user, cartop_auditor`);
+    const schema = await printedSchema(fresh.url);
+    expect(schema).not.toMatch(/newBookkeeping|NewBookkeeping|newInternalStep|NewInternalStep/);
+    // The application's schema is exposed as its grants allow; the audit trail's allowed fields are there.
+    expect(schema).toMatch(/newAppFunction/);
+    expect(schema).toMatch(/entityHistory\(/);
+  } finally {
+    await fresh.drop();
+  }
+});

@@ -11,7 +11,7 @@ import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connecti
 import type { Request } from "express";
 import type { RequestIdentity } from "./identity.ts";
 import { routeReadsToReplica } from "./readRouting.ts";
-import { smartTagsPlugin } from "./smartTags.ts";
+import { AuditAllowListPlugin, smartTagsPlugin } from "./exposure.ts";
 import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
 
 export interface PresetOptions {
@@ -59,26 +59,6 @@ export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = AP
   return settings;
 }
 
-/**
- * The monthly partitions live in the exposed `audit` schema (their names are part of the SQL contract)
- * but their parent is in `audit_private`; PostGraphile would try to expose them and fail to find the
- * parent. They are storage, not API: drop them from the introspection before anything is built.
- */
-const HidePartitionsPlugin: GraphileConfig.Plugin = {
-  name: "CartopHidePartitionsPlugin",
-  version: "1.0.0",
-  gather: {
-    hooks: {
-      pgIntrospection_introspection(_info, event) {
-        const classes = event.introspection.classes;
-        for (let i = classes.length - 1; i >= 0; i--) {
-          if (classes[i]!.relispartition) classes.splice(i, 1);
-        }
-      },
-    },
-  },
-};
-
 export function makePreset(options: PresetOptions): GraphileConfig.Preset {
   const service = makePgService({
     connectionString: options.connectionString,
@@ -89,7 +69,7 @@ export function makePreset(options: PresetOptions): GraphileConfig.Preset {
   });
   return {
     extends: [PostGraphileAmberPreset, PgSimplifyInflectionPreset, PgAggregatesPreset, PostGraphileConnectionFilterPreset],
-    plugins: [smartTagsPlugin, HidePartitionsPlugin],
+    plugins: [smartTagsPlugin, AuditAllowListPlugin],
     pgServices: [options.readPool ? routeReadsToReplica(service, options.readPool) : service],
     gather: { installWatchFixtures: false },
     schema: {
