@@ -210,6 +210,7 @@ describe("the explorer in a browser", () => {
     expect(activity).toEqual(await carolsActivity());
     expect(activity.reduce((n, r) => n + Number(r[3]), 0)).toBe(3); // the INSERT and the two UPDATEs
 
+    await searchFor({ "Table": "app.products", "Entity id": productId }, "3 changes match, newest first.");
     // The screenshot in the README: `UPDATE_SCREENSHOT=1 npm test -- test/explorer.test.ts` rewrites it.
     const screenshot = process.env.UPDATE_SCREENSHOT === "1"
       ? path.join(projectRoot, "docs/explorer.png")
