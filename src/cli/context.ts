@@ -129,7 +129,7 @@ export async function boot(
     onShutdown(() => server.close());
     api = `http://localhost:${new URL(server.url).port}`;
     const graphiql = config.introspection ? `GraphiQL: ${api}/graphiql` : "GraphiQL: off (production; GRAPHQL_INTROSPECTION=on turns it on)";
-    log(`GraphQL API: ${api}/graphql   ${graphiql}   health: ${api}/healthz`);
+    log(`GraphQL API: ${api}/graphql   ${graphiql}   explorer: ${api}/explore   health: ${api}/healthz`);
   }
   return { database, api };
 }

@@ -1,6 +1,8 @@
 // What the GraphQL schema shows, as an allow-list. From the `audit` schema only the trail (read-only), the
-// history and reporting functions and undo are exposed; anything else there (partition, archive and seal
-// bookkeeping, the tracking API, every function added later) stays SQL-only until it is named here. The
+// history and reporting functions, undo, and read-only views of the trail's health for the explorer's
+// dashboard (partitions, archives, seals, coverage, task runs: the database lets only auditors read them)
+// are exposed; anything else there (the tracking API, every function added later) stays SQL-only until it
+// is named here. The
 // application schema `app` is exposed as PostgreSQL's grants allow, with the smart tags below.
 import { jsonPgSmartTags } from "postgraphile/utils";
 
@@ -8,7 +10,10 @@ import { jsonPgSmartTags } from "postgraphile/utils";
 export const EXPOSED_AUDIT_OBJECTS = new Set([
   "log", "changes", "activity_daily",
   "entity_history", "user_activity", "row_as_of", "net_change", "revert", "revert_step",
+  "partitions", "archives", "seals", "coverage", "task_runs",
 ]);
+
+const readOnly = ["-insert", "-update", "-delete"];
 
 /**
  * Applies the allow-list before anything is built, and drops the monthly partitions: they live in `audit`
@@ -41,7 +46,13 @@ export const smartTagsPlugin = jsonPgSmartTags({
   config: {
     class: {
       // The audit trail: a read-only connection named auditLogs, keyed by id for cursors and nodes.
-      "audit.log": { tags: { name: "audit_log", primaryKey: "id", behavior: ["-insert", "-update", "-delete"] } },
+      "audit.log": { tags: { name: "audit_log", primaryKey: "id", behavior: readOnly } },
+      // The explorer's dashboard (GET /explore).
+      "audit.partitions": { tags: { name: "audit_partition", behavior: readOnly } },
+      "audit.archives": { tags: { name: "audit_archive", behavior: readOnly } },
+      "audit.coverage": { tags: { name: "audit_coverage_problem", behavior: readOnly } },
+      "audit.seals": { tags: { name: "audit_seal", behavior: readOnly } },
+      "audit.task_runs": { tags: { name: "audit_task_run", behavior: readOnly } },
       // Users are created through app.create_user (which hashes the password), not a raw insert.
       "app.users": { tags: { behavior: ["-insert"] } },
     },

@@ -11,6 +11,7 @@ import type { Config } from "../config.ts";
 import { makePreset } from "../graphql/preset.ts";
 import { createLogger, withRequestContext, type Logger } from "../log.ts";
 import { createMetrics } from "../metrics.ts";
+import { explorer } from "./explorer.ts";
 import { identity, requestId, sendError } from "./identity.ts";
 import { documentChecks, MAX_DOCUMENT_BYTES, requestRate, responseSize } from "./limits.ts";
 import { PostgresRateLimitStore } from "./rateLimitStore.ts";
@@ -97,6 +98,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     res.type("text/plain; version=0.0.4; charset=utf-8").send(await metrics.render());
   });
 
+  // The explorer is static; what it shows comes from /graphql with the user's own token.
+  app.use("/explore", explorer());
+
   const introspection = options.introspection ?? !options.production;
   // Counted in the database, so that every instance of the API shares one limit per client (instances
   // configured with the same limit and window share counters).
@@ -179,7 +183,7 @@ function requestIdOf(req: http.IncomingMessage): string {
 /** Scrapes per minute per client: Prometheus scrapes every 15-60 s. */
 const METRICS_SCRAPES_PER_MINUTE = 60;
 
-const knownRoutes = new Set(["/graphql", "/graphiql", "/healthz", "/metrics"]);
+const knownRoutes = new Set(["/graphql", "/graphiql", "/healthz", "/metrics", "/explore"]);
 
 /** Times every response by route (unknown paths are one label, so clients cannot create series at will). */
 function timeRequests(observe: (route: string, method: string, status: number, seconds: number) => void) {
