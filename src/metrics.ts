@@ -3,7 +3,7 @@
 // - the system's, read from the database at each scrape: audit rows written, partitions, archives,
 //   seals, the worker's task runs, queue and last coverage check. The worker may run in another process;
 //   what it did is in audit.task_runs, so one scrape of the API sees everything.
-// Metric names are documented in the README; ops/prometheus-alerts.yml alerts on the important ones.
+// Metric names are documented in docs/monitoring.md; ops/prometheus-alerts.yml alerts on the important ones.
 import type pg from "pg";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { ReadReplica } from "./db/readReplica.ts";

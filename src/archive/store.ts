@@ -5,7 +5,7 @@
 // Both stores make an object visible only once it is complete: the file store writes `<name>.partial`,
 // fsyncs and renames; the S3 store uses a multipart upload, which S3 publishes only when it is completed.
 // A process killed mid-write leaves no half object under the real name (S3 keeps the parts of an
-// unfinished upload until a lifecycle rule aborts them: see the README).
+// unfinished upload until a lifecycle rule aborts them: see docs/runbook.md).
 import { S3Client, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, NoSuchKey } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { createReadStream, createWriteStream } from "node:fs";
@@ -168,7 +168,7 @@ export function s3Store(url: string, settings: S3Settings): ArchiveStore {
     },
     async append(name, text) {
       // Objects cannot grow in place: write the old content plus the new lines as a new version. With
-      // versioning and object lock on the bucket, every earlier version stays as it was (see the README).
+      // versioning and object lock on the bucket, every earlier version stays as it was (see docs/runbook.md).
       const existing = (await read(name)) ?? Buffer.alloc(0);
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: key(name), Body: Buffer.concat([existing, Buffer.from(text)]) }));
     },
