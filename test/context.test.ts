@@ -1,6 +1,7 @@
 // Context: who did it travels in transaction-local settings and lands in the audit row's columns.
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import pg from "pg";
+import { pgSettingsFor } from "../src/graphql/preset.ts";
 import { createTestDatabase, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
@@ -141,5 +142,76 @@ describe("malformed context", () => {
       ip_address: null,
       metadata: { k: "v", invalid_context: { "audit.ip_address": "not-an-ip" } },
     });
+  });
+});
+
+describe("checked context: no subtransaction on the API's path", () => {
+  /** Runs `writes` in one transaction with function-call counting on; returns how often each function ran. */
+  async function calls(settings: Record<string, string>, writes: string) {
+    const client = await db.pool.connect();
+    try {
+      await client.query("begin");
+      await client.query("set local track_functions = 'pl'");
+      for (const [name, value] of Object.entries(settings)) await client.query("select set_config($1, $2, true)", [name, value]);
+      // Pending counts may still hold earlier transactions of this backend: count the difference.
+      const count = async () => (await client.query(`select
+        coalesce(pg_stat_get_xact_function_calls('audit_private.current_context()'::regprocedure), 0)::int as context,
+        coalesce(pg_stat_get_xact_function_calls('audit_private.checked_context(text, text)'::regprocedure), 0)::int as checking`)).rows[0];
+      const before = await count();
+      await client.query(writes);
+      const after = await count();
+      const counts = { context: after.context - before.context, checking: after.checking - before.checking };
+      await client.query("commit");
+      return counts;
+    } finally {
+      client.release();
+    }
+  }
+  const identity = (ip: string) => pgSettingsFor({ requestId: "req-api", ip, userAgent: "ua", claims: { sub: "u-1", role: "user" } });
+
+  test("an API request's context (IPv4 or IPv6) is cast as it is, without the checking subtransaction", async () => {
+    for (const [ip, body] of [["198.51.100.7", "api v4"], ["2001:db8::42", "api v6"]] as const) {
+      const { role: _role, statement_timeout: _timeout, ...settings } = identity(ip);
+      expect(await calls(settings, `insert into public.notes (body) values ('${body}')`)).toEqual({ context: 1, checking: 0 });
+      expect(await contextOf(body)).toMatchObject({ user_id: "u-1", ip_address: ip, request_id: "req-api", metadata: null });
+    }
+  });
+
+  test("set_context's values are checked when set; set_config's are checked by capture", async () => {
+    expect(await calls({}, `select audit.set_context(user_id => 'u-2', ip_address => '203.0.113.5', metadata => '{"a": 1}');
+      insert into public.notes (body) values ('checked by set_context')`)).toEqual({ context: 1, checking: 0 });
+    expect(await contextOf("checked by set_context")).toMatchObject({ ip_address: "203.0.113.5", metadata: { a: 1 } });
+
+    expect(await calls({ "audit.ip_address": "203.0.113.6" }, `insert into public.notes (body) values ('set_config')`))
+      .toEqual({ context: 1, checking: 1 });
+    expect(await contextOf("set_config")).toMatchObject({ ip_address: "203.0.113.6", metadata: null });
+  });
+
+  test("set_context does not vouch for a value set_config left before it: the bad text is still kept", async () => {
+    expect(await calls({ "audit.metadata": "{oops" }, `select audit.set_context(ip_address => '203.0.113.8');
+      insert into public.notes (body) values ('unchecked metadata kept')`)).toEqual({ context: 1, checking: 1 });
+    expect(await contextOf("unchecked metadata kept")).toMatchObject({
+      ip_address: "203.0.113.8", metadata: { invalid_context: { "audit.metadata": "{oops" } } });
+  });
+
+  test("an address behind TRUST_PROXY that inet cannot read is sent unchecked, and kept as text", async () => {
+    const settings = identity("fe80::1%eth0");
+    expect(settings["audit_private.context_checked"]).toBeUndefined();
+    const { role: _role, statement_timeout: _timeout, ...rest } = settings;
+    expect(await calls(rest, `insert into public.notes (body) values ('zone id')`)).toEqual({ context: 1, checking: 1 });
+    expect(await contextOf("zone id")).toMatchObject({ ip_address: null, metadata: { invalid_context: { "audit.ip_address": "fe80::1%eth0" } } });
+  });
+
+  test("a forged marker for a value that does not parse fails only the forger's own write", async () => {
+    const client = await db.pool.connect();
+    try {
+      await client.query("begin");
+      await client.query(`select set_config('audit.ip_address', 'nope', true),
+        set_config('audit_private.context_checked', audit_private.context_checked_marker('nope', null), true)`);
+      await expect(client.query(`insert into public.notes (body) values ('forged')`)).rejects.toThrow('invalid input syntax for type inet: "nope"');
+    } finally {
+      await client.query("rollback");
+      client.release();
+    }
   });
 });

@@ -1,6 +1,7 @@
 // The PostGraphile v5 preset: Amber + aggregates + connection filter + simplified inflection, over the
 // `app` and `audit` schemas, with each request's identity handed to PostgreSQL as settings.
 import { randomUUID } from "node:crypto";
+import { isIP } from "node:net";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import { GraphQLError } from "graphql";
 import type pg from "pg";
@@ -40,10 +41,19 @@ type ErrorReporter = (kind: "request" | "rejected" | "internal", error: unknown,
 /** The JWT `role` claim selects the database role; no token: cartop_anonymous. */
 const roles = { user: "cartop_user", auditor: "cartop_auditor", admin: "cartop_admin" } as const;
 
-/** The transaction-local settings for one request: the role to act as and who is acting. */
 /** statement_timeout of every API transaction (set in pgSettings: role settings do not apply after SET ROLE). */
 export const API_STATEMENT_TIMEOUT_MS = 15_000;
 
+/**
+ * An address PostgreSQL's inet reads for certain: what net.isIP accepts, minus IPv6 zone ids ("fe80::1%eth0").
+ * An X-Forwarded-For behind TRUST_PROXY can carry anything; anything else travels unchecked and capture keeps it
+ * under metadata.invalid_context.
+ */
+function isInetText(ip: string): boolean {
+  return isIP(ip) !== 0 && /^[0-9a-fA-F:.]+$/.test(ip);
+}
+
+/** The transaction-local settings for one request: the role to act as and who is acting. */
 export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = API_STATEMENT_TIMEOUT_MS): Record<string, string> {
   const claims = identity.claims;
   const settings: Record<string, string> = {
@@ -56,6 +66,9 @@ export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = AP
   if (claims?.email) settings["audit.user_email"] = claims.email;
   if (identity.ip) settings["audit.ip_address"] = identity.ip;
   if (identity.userAgent) settings["audit.user_agent"] = identity.userAgent;
+  // Checked here, so capture casts it without a subtransaction (audit_private.context_checked_marker:
+  // "ip|metadata"; the API sets no metadata).
+  if (identity.ip && isInetText(identity.ip)) settings["audit_private.context_checked"] = `${identity.ip}|`;
   return settings;
 }
 

@@ -1,6 +1,6 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:465844ea1f40e9f6e1654d92b9bb3777afa01677
---! Message: one house: SQL in install order, formats, horizon, errcodes
+--! Hash: sha1:d6c374f082c22c3932ca6093f9fb5bd8835f86c7
+--! Message: one house + checked context
 
 -- source: base/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -575,6 +575,46 @@ as $$
   select nullif(current_setting(name, true), '')
 $$;
 
+-- The marker that says ip_address and metadata were checked when they were set (by audit.set_context or the
+-- API): the text "ip|metadata" (no hash: md5 is refused on FIPS servers). Capture then casts them without a
+-- subtransaction. The marker is not a trust boundary: a session that forges it for values that do not parse
+-- only makes its own writes fail.
+create or replace function audit_private.context_checked_marker(raw_ip text, raw_metadata text)
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select concat(raw_ip, '|', raw_metadata)
+$$;
+
+-- ip_address and metadata as typed values, for settings nobody checked (set with set_config): the casts run in
+-- a subtransaction (BEGIN … EXCEPTION), and what does not parse goes to `invalid`, never failing the write.
+create or replace function audit_private.checked_context(raw_ip text, raw_metadata text,
+                                                         out ip_address inet, out metadata jsonb, out invalid jsonb)
+  language plpgsql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+begin
+  invalid := '{}';
+  if raw_ip is not null then
+    begin
+      ip_address := raw_ip::inet;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.ip_address', raw_ip);
+    end;
+  end if;
+  if raw_metadata is not null then
+    begin
+      metadata := raw_metadata::jsonb;
+    exception when others then
+      invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
+    end;
+  end if;
+end
+$$;
+
 -- The context of the current statement. Called once per audited statement, never per row.
 create or replace function audit_private.current_context()
   returns audit_private.context
@@ -597,26 +637,20 @@ begin
   ctx.db_user := coalesce(nullif(current_setting('role'), 'none'), session_user);
   ctx.application_name := nullif(current_setting('application_name'), '');
 
-  if raw_ip is not null then
-    begin
-      ctx.ip_address := raw_ip::inet;
-    exception when others then
-      invalid := invalid || jsonb_build_object('audit.ip_address', raw_ip);
-    end;
+  if raw_ip is null and raw_metadata is null then
+    return ctx;
+  elsif audit_private.setting('audit_private.context_checked') = audit_private.context_checked_marker(raw_ip, raw_metadata) then
+    -- Checked when set (every API request, every set_context): plain casts, no subtransaction.
+    ctx.ip_address := raw_ip::inet;
+    ctx.metadata := raw_metadata::jsonb;
+  else
+    select c.ip_address, c.metadata, c.invalid into ctx.ip_address, ctx.metadata, invalid
+    from audit_private.checked_context(raw_ip, raw_metadata) c;
   end if;
-
-  if raw_metadata is not null then
-    begin
-      ctx.metadata := raw_metadata::jsonb;
-      if jsonb_typeof(ctx.metadata) <> 'object' then
-        ctx.metadata := null;
-        invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
-      end if;
-    exception when others then
-      invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
-    end;
+  if jsonb_typeof(ctx.metadata) <> 'object' then
+    ctx.metadata := null;
+    invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
   end if;
-
   if invalid <> '{}' then
     ctx.metadata := coalesce(ctx.metadata, '{}') || jsonb_build_object('invalid_context', invalid);
   end if;
@@ -674,6 +708,12 @@ create or replace function audit.set_context(
   volatile
   set search_path = pg_catalog, pg_temp
 as $$
+declare
+  prior_ip text := audit_private.setting('audit.ip_address');
+  prior_metadata text := audit_private.setting('audit.metadata');
+  -- Whether what was set before this call was checked (by an earlier call or the API), or nothing was.
+  prior_checked boolean := (prior_ip is null and prior_metadata is null)
+    or audit_private.setting('audit_private.context_checked') = audit_private.context_checked_marker(prior_ip, prior_metadata);
 begin
   if metadata is not null and jsonb_typeof(metadata) <> 'object' then
     raise exception 'audit.set_context: metadata must be a JSON object, got %', jsonb_typeof(metadata)
@@ -685,6 +725,13 @@ begin
   if user_agent is not null then perform set_config('audit.user_agent', user_agent, true); end if;
   if request_id is not null then perform set_config('audit.request_id', request_id, true); end if;
   if metadata is not null then perform set_config('audit.metadata', metadata::text, true); end if;
+  -- Values given here are typed, so checked; a value set before by set_config and kept is checked only if
+  -- it was then. When both are, capture casts them without a subtransaction (current_context).
+  if (ip_address is not null or prior_ip is null or prior_checked)
+     and (metadata is not null or prior_metadata is null or prior_checked) then
+    perform set_config('audit_private.context_checked', audit_private.context_checked_marker(
+      audit_private.setting('audit.ip_address'), audit_private.setting('audit.metadata')), true);
+  end if;
 end
 $$;
 
