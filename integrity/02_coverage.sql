@@ -21,6 +21,16 @@ as $$
   where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
     and (tt.triggers_installed < 4 or tt.triggers_active < 4)
   union all
+  -- A capture function that is not what this version generates for its table: edited by hand (body,
+  -- settings, owner) or left by another version (the stamp in its comment: audit_private.capture_stamp).
+  select 'capture_outdated', format('audit_private.%I()', f.function_name),
+         format('%s; regenerate with: select audit.enable_tracking(%L)', audit_private.capture_function_problem(f.function_name, f.create_sql),
+                format('%I.%I', t.schema_name, t.table_name))
+  from audit_private.tables t
+  cross join lateral audit_private.capture_functions_sql(t, to_regclass(format('%I.%I', t.schema_name, t.table_name))) f
+  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is not null
+    and audit_private.capture_function_problem(f.function_name, f.create_sql) is not null
+  union all
   -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
   -- that is not exactly the capture trigger of the tracked table it is on (wrong function, events,
   -- transition tables or name; or a table that is not tracked).
@@ -57,7 +67,7 @@ as $$
   where s.first_unsealed < (now() at time zone 'UTC')::date - 1
 $$;
 
-comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, missing partitions, rows in the default partition, unsealed days); empty when healthy';
+comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, outdated capture functions, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
 create or replace view audit.coverage as select * from audit.coverage_problems();
 comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';

@@ -28,7 +28,7 @@ export interface Metrics {
 
 /** Every check of audit.coverage_problems (integrity/02_coverage.sql; test/doctor.test.ts plants each). */
 export const COVERAGE_CHECKS = [
-  "tracked_table_missing", "capture_trigger_missing", "capture_trigger_disabled", "foreign_capture_trigger",
+  "tracked_table_missing", "capture_trigger_missing", "capture_trigger_disabled", "capture_outdated", "foreign_capture_trigger",
   "partition_missing", "default_partition_rows", "seal_overdue",
 ] as const;
 

@@ -155,12 +155,13 @@ describe("checked context: no subtransaction on the API's path", () => {
       for (const [name, value] of Object.entries(settings)) await client.query("select set_config($1, $2, true)", [name, value]);
       // Pending counts may still hold earlier transactions of this backend: count the difference.
       const count = async () => (await client.query(`select
-        coalesce(pg_stat_get_xact_function_calls('audit_private.current_context()'::regprocedure), 0)::int as context,
+        coalesce(pg_stat_get_xact_function_calls(format('audit_private.capture_insert_%s()',
+          (select id from audit_private.tables where table_name = 'notes'))::regprocedure), 0)::int as capture,
         coalesce(pg_stat_get_xact_function_calls('audit_private.checked_context(text, text)'::regprocedure), 0)::int as checking`)).rows[0];
       const before = await count();
       await client.query(writes);
       const after = await count();
-      const counts = { context: after.context - before.context, checking: after.checking - before.checking };
+      const counts = { capture: after.capture - before.capture, checking: after.checking - before.checking };
       await client.query("commit");
       return counts;
     } finally {
@@ -172,24 +173,24 @@ describe("checked context: no subtransaction on the API's path", () => {
   test("an API request's context (IPv4 or IPv6) is cast as it is, without the checking subtransaction", async () => {
     for (const [ip, body] of [["198.51.100.7", "api v4"], ["2001:db8::42", "api v6"]] as const) {
       const { role: _role, statement_timeout: _timeout, ...settings } = identity(ip);
-      expect(await calls(settings, `insert into public.notes (body) values ('${body}')`)).toEqual({ context: 1, checking: 0 });
+      expect(await calls(settings, `insert into public.notes (body) values ('${body}')`)).toEqual({ capture: 1, checking: 0 });
       expect(await contextOf(body)).toMatchObject({ user_id: "u-1", ip_address: ip, request_id: "req-api", metadata: null });
     }
   });
 
   test("set_context's values are checked when set; set_config's are checked by capture", async () => {
     expect(await calls({}, `select audit.set_context(user_id => 'u-2', ip_address => '203.0.113.5', metadata => '{"a": 1}');
-      insert into public.notes (body) values ('checked by set_context')`)).toEqual({ context: 1, checking: 0 });
+      insert into public.notes (body) values ('checked by set_context')`)).toEqual({ capture: 1, checking: 0 });
     expect(await contextOf("checked by set_context")).toMatchObject({ ip_address: "203.0.113.5", metadata: { a: 1 } });
 
     expect(await calls({ "audit.ip_address": "203.0.113.6" }, `insert into public.notes (body) values ('set_config')`))
-      .toEqual({ context: 1, checking: 1 });
+      .toEqual({ capture: 1, checking: 1 });
     expect(await contextOf("set_config")).toMatchObject({ ip_address: "203.0.113.6", metadata: null });
   });
 
   test("set_context does not vouch for a value set_config left before it: the bad text is still kept", async () => {
     expect(await calls({ "audit.metadata": "{oops" }, `select audit.set_context(ip_address => '203.0.113.8');
-      insert into public.notes (body) values ('unchecked metadata kept')`)).toEqual({ context: 1, checking: 1 });
+      insert into public.notes (body) values ('unchecked metadata kept')`)).toEqual({ capture: 1, checking: 1 });
     expect(await contextOf("unchecked metadata kept")).toMatchObject({
       ip_address: "203.0.113.8", metadata: { invalid_context: { "audit.metadata": "{oops" } } });
   });
@@ -198,7 +199,7 @@ describe("checked context: no subtransaction on the API's path", () => {
     const settings = identity("fe80::1%eth0");
     expect(settings["audit_private.context_checked"]).toBeUndefined();
     const { role: _role, statement_timeout: _timeout, ...rest } = settings;
-    expect(await calls(rest, `insert into public.notes (body) values ('zone id')`)).toEqual({ context: 1, checking: 1 });
+    expect(await calls(rest, `insert into public.notes (body) values ('zone id')`)).toEqual({ capture: 1, checking: 1 });
     expect(await contextOf("zone id")).toMatchObject({ ip_address: null, metadata: { invalid_context: { "audit.ip_address": "fe80::1%eth0" } } });
   });
 

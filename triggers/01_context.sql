@@ -73,46 +73,73 @@ begin
 end
 $$;
 
--- The context of the current statement. Called once per audited statement, never per row.
-create or replace function audit_private.current_context()
-  returns audit_private.context
-  language plpgsql
-  stable
-  set search_path = pg_catalog, pg_temp
+-- The context of the current statement, as PL/pgSQL that every capture function inlines (declarations, then
+-- statements): they leave _user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user and
+-- _application_name set. Inlined, not called: a call to a PL/pgSQL function returning the context cost ~160k
+-- instructions per single-row UPDATE, the inlined assignments ~80k (docs/design/capture.md).
+-- Inside a security definer function current_user is the definer; the `role` setting still names the role the
+-- caller switched to (SET ROLE), and session_user the role that logged in.
+create or replace function audit_private.context_declarations()
+  returns text
+  language sql
+  immutable
+  parallel safe
 as $$
-declare
-  ctx audit_private.context;
-  raw_ip text := audit_private.setting('audit.ip_address');
-  raw_metadata text := audit_private.setting('audit.metadata');
-  invalid jsonb := '{}';
-begin
-  ctx.user_id := audit_private.setting('audit.user_id');
-  ctx.user_email := audit_private.setting('audit.user_email');
-  ctx.user_agent := audit_private.setting('audit.user_agent');
-  ctx.request_id := audit_private.setting('audit.request_id');
-  -- Inside a security definer function current_user is the definer; the `role` setting still names
-  -- the role the caller switched to (SET ROLE), and session_user the role that logged in.
-  ctx.db_user := coalesce(nullif(current_setting('role'), 'none'), session_user);
-  ctx.application_name := nullif(current_setting('application_name'), '');
+  select $code$
+      _user_id text := nullif(current_setting('audit.user_id', true), '');
+      _user_email text := nullif(current_setting('audit.user_email', true), '');
+      _user_agent text := nullif(current_setting('audit.user_agent', true), '');
+      _request_id text := nullif(current_setting('audit.request_id', true), '');
+      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _application_name text := nullif(current_setting('application_name'), '');
+      _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
+      _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
+      _ip_address inet;
+      _metadata jsonb;
+      _invalid jsonb;$code$
+$$;
 
-  if raw_ip is null and raw_metadata is null then
-    return ctx;
-  elsif audit_private.setting('audit_private.context_checked') = audit_private.context_checked_marker(raw_ip, raw_metadata) then
-    -- Checked when set (every API request, every set_context): plain casts, no subtransaction.
-    ctx.ip_address := raw_ip::inet;
-    ctx.metadata := raw_metadata::jsonb;
-  else
-    select c.ip_address, c.metadata, c.invalid into ctx.ip_address, ctx.metadata, invalid
-    from audit_private.checked_context(raw_ip, raw_metadata) c;
-  end if;
-  if jsonb_typeof(ctx.metadata) <> 'object' then
-    ctx.metadata := null;
-    invalid := invalid || jsonb_build_object('audit.metadata', raw_metadata);
-  end if;
-  if invalid <> '{}' then
-    ctx.metadata := coalesce(ctx.metadata, '{}') || jsonb_build_object('invalid_context', invalid);
-  end if;
-  return ctx;
+create or replace function audit_private.context_statements()
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select $code$
+      if _raw_ip is not null or _raw_metadata is not null then
+        if nullif(current_setting('audit_private.context_checked', true), '') = audit_private.context_checked_marker(_raw_ip, _raw_metadata) then
+          -- Checked when set (every API request, every set_context): plain casts, no subtransaction.
+          _ip_address := _raw_ip::inet;
+          _metadata := _raw_metadata::jsonb;
+          _invalid := '{}';
+        else
+          select c.ip_address, c.metadata, c.invalid into _ip_address, _metadata, _invalid
+          from audit_private.checked_context(_raw_ip, _raw_metadata) c;
+        end if;
+        if jsonb_typeof(_metadata) <> 'object' then
+          _metadata := null;
+          _invalid := _invalid || jsonb_build_object('audit.metadata', _raw_metadata);
+        end if;
+        if _invalid <> '{}' then
+          _metadata := coalesce(_metadata, '{}') || jsonb_build_object('invalid_context', _invalid);
+        end if;
+      end if;$code$
+$$;
+
+-- The same context as a value, for code that is not generated (undo's metadata).
+do $$
+begin
+  execute format($create$
+    create or replace function audit_private.current_context()
+      returns audit_private.context
+      language plpgsql
+      stable
+      set search_path = pg_catalog, pg_temp
+    as %L
+  $create$, 'declare' || audit_private.context_declarations() || '
+    begin' || audit_private.context_statements() || '
+      return row(_user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user, _application_name)::audit_private.context;
+    end');
 end
 $$;
 
@@ -131,22 +158,49 @@ $$;
 -- same table inside one function call share a number. An application AFTER STATEMENT trigger that reads
 -- the table between the triggers of one MERGE splits it in two. The setting is not a trust boundary: a
 -- session that forges it only renumbers its own statements.
-create or replace function audit_private.statement_number(relid oid)
-  returns integer
-  language plpgsql
-  volatile
+-- Inlined into every capture function like the context (a call cost ~59k instructions, inlined ~18k): sets
+-- _stmt from tg_relid.
+create or replace function audit_private.statement_number_declarations()
+  returns text
+  language sql
+  immutable
+  parallel safe
 as $$
-declare
-  key text := concat(statement_timestamp(), '/', relid, '/', pg_stat_get_xact_blocks_fetched(relid));
-  state text := current_setting('audit_private.statement', true);
-  n integer;
+  select $code$
+      _stmt integer;
+      _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
+      _stmt_state text := current_setting('audit_private.statement', true);$code$
+$$;
+
+create or replace function audit_private.statement_number_statements()
+  returns text
+  language sql
+  immutable
+  parallel safe
+as $$
+  select $code$
+      if split_part(_stmt_state, '|', 1) = _stmt_key then
+        _stmt := split_part(_stmt_state, '|', 2)::integer;
+      else
+        _stmt := coalesce(nullif(split_part(_stmt_state, '|', 2), ''), '0')::integer + 1;
+        _stmt_state := set_config('audit_private.statement', _stmt_key || '|' || _stmt, true);
+      end if;$code$
+$$;
+
+-- The same as a function of the table's oid (tests and diagnostics call it; capture inlines the text above).
+do $$
 begin
-  if split_part(state, '|', 1) = key then
-    return split_part(state, '|', 2)::integer;
-  end if;
-  n := coalesce(nullif(split_part(state, '|', 2), ''), '0')::integer + 1;
-  perform set_config('audit_private.statement', key || '|' || n, true);
-  return n;
+  execute format($create$
+    create or replace function audit_private.statement_number(relid oid)
+      returns integer
+      language plpgsql
+      volatile
+    as %L
+  $create$, 'declare
+      tg_relid oid := relid;' || audit_private.statement_number_declarations() || '
+    begin' || audit_private.statement_number_statements() || '
+      return _stmt;
+    end');
 end
 $$;
 -- STATEMENT GROUPING (end)
