@@ -232,22 +232,62 @@ as $$
   from audit_private.audited_columns(tracked, target) c
 $$;
 
+-- The WHEN of _900_audit_move_new as PostgreSQL prints it back (checked by capture_trigger_state).
+create or replace function audit_private.move_new_condition()
+  returns text
+  language sql
+  immutable
+as $$ select $q$(current_setting('audit_private.moving'::text, true) ~~ '%|moved'::text)$q$ $$;
 -- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
--- AFTER, FOR EACH STATEMENT, one event) and transition tables. Guards and checks compare against this.
-create or replace function audit_private.expected_capture_triggers(table_id integer)
-  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text)
+-- timing, level, events), transition tables and WHEN. A partitioned table, and each of its partitions, has
+-- four more (MOVES AND PARTITIONS); the row ones on partitions are PostgreSQL's clones of the table's.
+-- Guards and checks compare against this.
+drop function if exists audit_private.expected_capture_triggers(integer);
+create or replace function audit_private.expected_capture_triggers(table_id integer, partitioned boolean default false)
+  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text,
+                 row_level boolean, condition text)
   language sql
   immutable
   parallel safe
 as $$
-  values ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'insert'),
-         ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'update'),
-         ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'delete'),
-         ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'truncate')
+  select * from (values
+    ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'after insert', false, null),
+    ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'after update', false, null),
+    ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'after delete', false, null),
+    ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'after truncate', false, null)) v
+  union all
+  select * from (values
+    ('_900_audit_begin', format('capture_begin_%s', table_id), 62::smallint, null::text, null::text,
+     'before insert or update or delete or truncate', false, null::text),
+    ('_900_audit_move_mark', format('capture_move_mark_%s', table_id), 19::smallint, null, null, 'before update', true, null),
+    ('_900_audit_move_old', format('capture_move_old_%s', table_id), 11::smallint, null, null, 'before delete', true, null),
+    ('_900_audit_move_new', format('capture_move_new_%s', table_id), 5::smallint, null, null, 'after insert', true,
+     audit_private.move_new_condition())) p
+  where partitioned
 $$;
 
--- Each expected capture trigger of a table and whether it is in place exactly (right name, function, events,
--- transition tables, no WHEN, no arguments) and enabled.
+-- Whether a relation is (in) a partitioned tree, so has the partitioned set of capture triggers.
+create or replace function audit_private.in_partition_tree(target regclass)
+  returns boolean
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$ select exists (select from pg_class c where c.oid = target and (c.relkind = 'p' or c.relispartition)) $$;
+
+-- The relations capture triggers go on: the table and, if partitioned, all its partitions at every level.
+create or replace function audit_private.capture_relations(target regclass)
+  returns setof regclass
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select target
+  union
+  select t.relid from pg_partition_tree(target) t
+$$;
+
+-- Each expected capture trigger of one relation (a tracked table or one of its partitions) and whether it is
+-- in place exactly (right name, function, events, transition tables, WHEN, no arguments) and enabled.
 create or replace function audit_private.capture_trigger_state(table_id integer, target regclass)
   returns table (trigger_name text, installed boolean, enabled boolean)
   language sql
@@ -255,21 +295,34 @@ create or replace function audit_private.capture_trigger_state(table_id integer,
   set search_path = pg_catalog, pg_temp
 as $$
   select x.trigger_name, g.oid is not null, coalesce(g.tgenabled <> 'D', false)
-  from audit_private.expected_capture_triggers(table_id) x
+  from audit_private.expected_capture_triggers(table_id, audit_private.in_partition_tree(target)) x
   left join pg_trigger g
     on g.tgrelid = target and g.tgname = x.trigger_name
    and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name))
-   and g.tgtype = x.trigger_type and g.tgqual is null and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and g.tgtype = x.trigger_type and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and pg_get_expr(g.tgqual, g.tgrelid) is not distinct from x.condition
    and g.tgoldtable is not distinct from x.old_table and g.tgnewtable is not distinct from x.new_table
 $$;
 
+-- The same over a tracked table's whole tree (what audit.tracked_tables counts).
+create or replace function audit_private.capture_tree_state(table_id integer, target regclass)
+  returns table (relation regclass, trigger_name text, installed boolean, enabled boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select r, s.* from audit_private.capture_relations(target) r, audit_private.capture_trigger_state(table_id, r) s
+$$;
+
 -- Writes one generated capture function, owned by cartop_capture (security definer as that role: it can
--- append audit rows, nothing else) and executable by nobody else. It records only
--- when fired, AFTER, once per statement, for its event, on the table it was generated for (renames
--- regenerate it), so attaching it anywhere else records nothing and fails the write.
--- Names and values reach the generated SQL only through %I and %L, and the body is passed as a quoted
--- literal (no dollar quoting a name could close). Settings that change how values print are pinned.
-create or replace function audit_private.write_capture_function(function_name text, tracked audit_private.tables, event text, capture_sql text)
+-- append audit rows and its own notes, nothing else) and executable by nobody else. It records only when
+-- fired as generated (timing, level, one of its events) on the table it was generated for or one of that
+-- table's partitions (renames regenerate it), so attaching it anywhere else records nothing and fails the
+-- write. Names and values reach the generated SQL only through %I and %L, and the body is passed as a
+-- quoted literal (no dollar quoting a name could close). Settings that change how values print are pinned.
+drop function if exists audit_private.write_capture_function(text, audit_private.tables, text, text);
+create or replace function audit_private.write_capture_function(function_name text, tracked audit_private.tables, events text[],
+                                                                 capture_sql text, timing text default 'AFTER', level text default 'STATEMENT')
   returns void
   language plpgsql
   volatile
@@ -286,17 +339,25 @@ begin
       _tx bigint := txid_current();
       _stmt integer;
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> %2$L or tg_table_schema <> %3$L or tg_table_name <> %4$L then
-        raise exception 'audit_private.%5$s: generated for %% on %%.%%, fired %% %% on %%.%%', %2$L, %3$L, %4$L, tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> %7$L or tg_level <> %8$L or tg_op <> all (%2$L::text[])
+         or ((tg_table_schema <> %3$L or tg_table_name <> %4$L)
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = %3$L and c.relname = %4$L)) then
+        raise exception 'audit_private.%5$s: generated for %% %% %% on %%.%% (or its partitions), fired %% %% %% on %%.%%',
+          %7$L, %8$L, %2$L, %3$L, %4$L, tg_when, tg_level, tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
-      _ctx := audit_private.current_context();
-      _stmt := audit_private.statement_number(tg_relid);
+      %10$s
       %6$s;
-      return null;
+      return %11$s;
     end
-  $template$, tracked.id, upper(event), tracked.schema_name, tracked.table_name, function_name, capture_sql);
+  $template$, tracked.id, (select array_agg(upper(e)) from unnest(events) e), tracked.schema_name, tracked.table_name,
+    function_name, capture_sql, timing, level, null,
+    -- Row-level and BEFORE functions only take notes: no context, no statement number (counted after the writes).
+    case when level = 'STATEMENT' and timing = 'AFTER' then '_ctx := audit_private.current_context();
+      _stmt := audit_private.statement_number(tg_relid);' else '' end,
+    case when level = 'ROW' and timing = 'BEFORE' then 'case tg_op when ''DELETE'' then old else new end' else 'null' end);
   execute format($template$
     create or replace function audit_private.%1$I()
       returns trigger
@@ -320,15 +381,93 @@ begin
 end
 $$;
 
--- Writes the INSERT, UPDATE, DELETE and TRUNCATE capture functions of one tracked table. Everything known
--- about the table is baked in: its id, name, key, columns, exclusions and masks, so a statement does no lookups.
+-- MOVES AND PARTITIONS (begin). A partitioned tracked table is captured on every relation of its tree:
+-- the statement triggers sit on the table and on each partition (a statement aimed at a partition fires
+-- only that partition's statement triggers; one aimed at the table fires only the table's), all calling
+-- the table's capture functions, so a write straight into a partition is recorded under the tracked table.
+--
+-- A row an UPDATE moves to another partition is deleted from one and inserted into the other. A plain
+-- UPDATE still puts it into its UPDATE transition tables; the UPDATE action of a MERGE does not: the row
+-- goes to the DELETE/INSERT transition tables, which are read only when the MERGE has those actions too
+-- (docs/merge-partition-moves.md). So partitioned tables also get three row triggers (cloned by PostgreSQL
+-- onto every partition, present and future) that take a note of each move, in order:
+--   _900_audit_move_mark  BEFORE UPDATE: "this row (depth, partition, old key) is being updated to new key"
+--   _900_audit_move_old   BEFORE DELETE of that same row right after: it is moving; note its old row
+--   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
+-- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
+-- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) clears the notes of an
+-- earlier statement at the same trigger depth. Notes live in an unlogged table that only capture writes,
+-- per transaction (rolled back with it); a masked column is noted by a digest of its text, never its value.
+create unlogged table if not exists audit_private.capture_notes (
+  tx_id      bigint  not null,
+  depth      integer not null,
+  table_id   integer not null,
+  kind       text    not null check (kind in ('move', 'truncate')),
+  old_key    jsonb,
+  new_key    jsonb,
+  row_data   jsonb,
+  old_masked jsonb,
+  new_data   jsonb,
+  new_masked jsonb
+);
+create index if not exists capture_notes_statement on audit_private.capture_notes (tx_id, table_id, depth);
+comment on table audit_private.capture_notes is
+  'Capture''s notes within one statement (rows moved between partitions, a partitioned table being truncated); never read by anything else';
+revoke all on audit_private.capture_notes from public;
+grant select, insert, update, delete on audit_private.capture_notes to cartop_capture;
+
+-- SQL for the primary key of row `row_alias` as a JSON array of its trail values (what moves are matched by).
+create or replace function audit_private.key_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select format('jsonb_build_array(%s)', string_agg(audit_private.value_sql(row_alias, k, audit_private.value_kind(a.atttypid)), ', ' order by ord))
+  from unnest(tracked.primary_key) with ordinality as u(k, ord)
+  join pg_attribute a on a.attrelid = target and a.attname = k
+$$;
+
+-- SQL for a digest of each masked column of row `row_alias` (so a move can tell whether it changed), or null.
+create or replace function audit_private.masked_digest_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case when count(*) = 0 then 'null' else audit_private.build_object_sql(array_agg(format(
+           '%L, case when num_nulls(%2$I.%1$I) = 0 then encode(sha256(convert_to(format(''%%s'', %2$I.%1$I), ''UTF8'')), ''hex'') end',
+           c.name, row_alias))) end
+  from audit_private.audited_columns(tracked, target) c
+  where c.masked
+$$;
+
+-- The delta of a noted move, from the two audited rows: the columns whose trail values differ (as text, so
+-- 1.0 -> 1.00 counts, as it does for an UPDATE) or, for masked columns, whose digests differ.
+create or replace function audit_private.move_delta(old_row jsonb, old_masked jsonb, new_row jsonb, new_masked jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select coalesce(jsonb_object_agg(n.key, n.value), '{}')
+  from jsonb_each(new_row) n
+  where (old_row -> n.key)::text is distinct from n.value::text
+     or (old_masked -> n.key) is distinct from (new_masked -> n.key)
+$$;
+
+-- MOVES AND PARTITIONS (end)
+
+-- Writes the capture functions of one tracked table. Everything known about the table is baked in: its
+-- id, name, key, columns, exclusions and masks, so a statement does no lookups.
 --
 -- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
 -- new values of the changed columns. Old and new rows are paired by their position in the transition
 -- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
 -- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
 -- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
--- building the JSON once per reference instead of once per row.
+-- building the JSON once per reference instead of once per row. Partitioned tables get the move handling
+-- above; other tables none of it.
 create or replace function audit_private.write_capture_functions(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
@@ -340,25 +479,40 @@ declare
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)';
   context_values constant text := '_ctx.user_id, _ctx.user_email, _ctx.ip_address, _ctx.user_agent, _ctx.request_id,
         _ctx.metadata, _ctx.db_user, _ctx.application_name';
+  partitioned constant boolean := (select c.relkind = 'p' from pg_class c where c.oid = target);
+  -- This statement's notes (the same transaction, table and trigger depth).
+  notes constant text := format('audit_private.capture_notes m where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()', tracked.id);
   op record;
+  plain_sql text;
   update_select text;
 begin
-  for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
-    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, op.name, format(
+  for op in select * from (values ('insert', 'I', 'new_rows', 'new_key'), ('delete', 'D', 'old_rows', 'old_key')) as v(name, action, transition, note_key) loop
+    plain_sql := format(
       '%s
       select _at, _tx, _stmt, %s, %L, %s, null, r.row_data, null, %s
-      from (select %s as row_data from %I t offset 0) r',
+      from (select %s as row_data from %I t /*filter*/ offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
-      audit_private.row_json_sql(tracked, target, 't'), op.transition));
+      audit_private.row_json_sql(tracked, target, 't'), op.transition);
+    perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, array[op.name],
+      case when not partitioned then plain_sql
+           -- Rows moved by a MERGE are in these transition tables too; the UPDATE capture records them.
+           else format('if exists (select from %s and m.kind = ''move'') then
+        %s;
+      else
+        %s;
+      end if',
+             notes, replace(plain_sql, '/*filter*/', format('where not exists (select from %s and m.kind = ''move'' and m.new_data is not null and m.%I = %s)',
+                                             notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
+             plain_sql) end);
   end loop;
 
-  -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
+  -- UPDATE: the columns inserted are the same in all branches; only how old and new rows are paired differs.
   update_select := format(
     'select _at, _tx, _stmt, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
-  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), tracked, 'update', format(
+  perform audit_private.write_capture_function(format('capture_update_%s', tracked.id), tracked, array['update'], format(
     -- One row (what an API sends): pair the two rows directly. Setting up the general pairing (two window
     -- functions and a join) on every statement made single-row UPDATEs ~25% slower.
     'if (select count(*) from (select from old_rows limit 2) s) = 1 then
@@ -377,20 +531,83 @@ begin
         offset 0
       ) c
       where c.delta <> ''{}''::jsonb;
-    end if',
-    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target)));
+    end if%5$s',
+    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target),
+    case when partitioned then format(';
+    -- Moves: a plain UPDATE saw them (their new rows are in new_rows); a MERGE did not, so record them here.
+    if exists (select from %1$s and m.kind = ''move'') then
+      if exists (select from %1$s and m.kind = ''move'' and m.new_data is null) then
+        raise exception ''cartop-audit: a row of %%.%% moved to another partition, but its new version was not seen (a BEFORE trigger changed its key or dropped it); refusing to write it unaudited'', tg_table_schema, tg_table_name
+          using errcode = ''triggered_action_exception'';
+      end if;
+      %2$s
+      %3$s
+      from (select m.row_data, audit_private.move_delta(m.row_data, m.old_masked, m.new_data, m.new_masked) as delta
+            from %1$s and m.kind = ''move''
+              and not exists (select from new_rows n where %4$s = m.new_key)
+            offset 0) c
+      where c.delta <> ''{}''::jsonb;
+    end if', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n')) else '' end));
 
-  -- TRUNCATE: one audit row for the statement, no entity.
-  perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, 'truncate', format(
+  -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
+  -- truncate triggers of its partitions too, right after its own: they find its note and record nothing.
+  -- A partition truncated on its own cannot be recorded (the trigger cannot see the rows it removes), so
+  -- that is refused.
+  perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, array['truncate'],
+    case when not partitioned then format(
     '%s
       values (_at, _tx, _stmt, %s, %L, null, null, null, null, %s)',
-    insert_columns, tracked.id, 'T', context_values));
+    insert_columns, tracked.id, 'T', context_values)
+    else format(
+    'if tg_table_schema = %7$L and tg_table_name = %8$L then
+      %1$s
+      values (_at, _tx, _stmt, %2$s, %3$L, null, null, null, null, %4$s);
+      insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''truncate'');
+    elsif not exists (select from %6$s and m.kind = ''truncate'') then
+      raise exception ''cartop-audit: %% is a partition of the tracked table %%; truncating it alone would remove rows without audit rows'', tg_relid::regclass, %5$L
+        using errcode = ''feature_not_supported'',
+              hint = ''DELETE FROM the partition (recorded row by row), or TRUNCATE the whole table.'';
+    end if', insert_columns, tracked.id, 'T', context_values, format('%I.%I', tracked.schema_name, tracked.table_name), notes,
+             tracked.schema_name, tracked.table_name) end);
+
+  if not partitioned then
+    return;
+  end if;
+  perform audit_private.write_capture_function(format('capture_begin_%s', tracked.id), tracked,
+    array['insert', 'update', 'delete', 'truncate'], format(
+    'delete from %s;
+      perform set_config(''audit_private.moving'', '''', true)', notes), 'BEFORE');
+  perform audit_private.write_capture_function(format('capture_move_mark_%s', tracked.id), tracked, array['update'], format(
+    'perform set_config(''audit_private.moving'', concat_ws(''|'', pg_trigger_depth(), tg_relid, %s, %s), true)',
+    audit_private.key_sql(tracked, target, 'old'), audit_private.key_sql(tracked, target, 'new')), 'BEFORE', 'ROW');
+  perform audit_private.write_capture_function(format('capture_move_old_%s', tracked.id), tracked, array['delete'], format(
+    'if coalesce(current_setting(''audit_private.moving'', true), '''') <> '''' then
+        if starts_with(current_setting(''audit_private.moving''), concat_ws(''|'', pg_trigger_depth(), tg_relid, %1$s) || ''|'') then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, old_key, new_key, row_data, old_masked)
+          values (_tx, pg_trigger_depth(), %2$s, ''move'', %1$s,
+                  substr(current_setting(''audit_private.moving''), length(concat_ws(''|'', pg_trigger_depth(), tg_relid, %1$s)) + 2)::jsonb,
+                  %3$s, %4$s);
+          perform set_config(''audit_private.moving'', pg_trigger_depth() || ''|moved'', true);
+        else
+          perform set_config(''audit_private.moving'', '''', true);
+        end if;
+      end if',
+    audit_private.key_sql(tracked, target, 'old'), tracked.id, audit_private.row_json_sql(tracked, target, 'old'),
+    audit_private.masked_digest_sql(tracked, target, 'old')), 'BEFORE', 'ROW');
+  perform audit_private.write_capture_function(format('capture_move_new_%s', tracked.id), tracked, array['insert'], format(
+    'update audit_private.capture_notes m set new_data = %s, new_masked = %s
+      where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()
+        and m.kind = ''move'' and m.new_data is null and m.new_key = %s',
+    audit_private.row_json_sql(tracked, target, 'new'), audit_private.masked_digest_sql(tracked, target, 'new'),
+    tracked.id, audit_private.key_sql(tracked, target, 'new')), 'AFTER', 'ROW');
 end
 $$;
 
--- (Re)creates the capture triggers of one tracked table from its registry row. CREATE OR REPLACE TRIGGER:
--- nothing is dropped (so no DROP TRIGGER event to tell apart from an attack), a disabled trigger comes back
--- enabled, a look-alike under our name is replaced.
+-- (Re)creates the capture triggers of one tracked table from its registry row, on the table and each of
+-- its partitions (row triggers on the table only: PostgreSQL clones them onto the partitions, and onto
+-- partitions created or attached later). CREATE OR REPLACE TRIGGER: nothing is dropped (so no DROP TRIGGER
+-- event to tell apart from an attack), a disabled trigger comes back enabled, a look-alike under our name
+-- is replaced.
 create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
@@ -398,34 +615,44 @@ create or replace function audit_private.attach_capture(tracked audit_private.ta
   set search_path = pg_catalog, pg_temp
 as $$
 declare
+  partitioned constant boolean := audit_private.in_partition_tree(target);
   x record;
   rel record;
 begin
-  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   perform audit_private.write_capture_functions(tracked, target);
-  for x in select * from audit_private.expected_capture_triggers(tracked.id) loop
-    execute format('create or replace trigger %I after %s on %I.%I %s for each statement execute function audit_private.%I()',
-      x.trigger_name, x.event, rel.nspname, rel.relname,
-      case when x.old_table is null and x.new_table is null then ''
-           else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
-                              || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
-      x.function_name);
+  for rel in
+    select r.oid, n.nspname, r.relname, r.oid = target as is_root
+    from audit_private.capture_relations(target) t join pg_class r on r.oid = t join pg_namespace n on n.oid = r.relnamespace
+  loop
+    for x in select * from audit_private.expected_capture_triggers(tracked.id, partitioned) e where rel.is_root or not e.row_level loop
+      execute format('create or replace trigger %I %s on %I.%I %s for each %s %s execute function audit_private.%I()',
+        x.trigger_name, x.event, rel.nspname, rel.relname,
+        case when x.old_table is null and x.new_table is null then ''
+             else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
+                                || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
+        case when x.row_level then 'row' else 'statement' end,
+        case when x.condition is not null then format('when %s', x.condition) else '' end,
+        x.function_name);
+    end loop;
   end loop;
   -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
-  -- twice: remove it, now that the real ones are in place.
+  -- twice, and one left on a partition since detached would fail its writes: remove them, now that the real
+  -- ones are in place.
   for x in
-    select g.tgname from pg_trigger g
-    where g.tgrelid = target and not g.tgisinternal
-      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
-                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+    select g.tgname, n.nspname, c.relname from pg_trigger g join pg_class c on c.oid = g.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not g.tgisinternal and g.tgparentid = 0
+      and exists (select from audit_private.expected_capture_triggers(tracked.id, true) e
+                  where g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name))
+                    and (e.trigger_name <> g.tgname or g.tgrelid not in (select audit_private.capture_relations(target))))
   loop
-    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
+    execute format('drop trigger %I on %I.%I', x.tgname, x.nspname, x.relname);
   end loop;
 end
 $$;
 
--- Removes the capture triggers of a table (by what they are, whatever their name: any trigger running one
--- of its capture functions or holding a capture trigger's name).
+-- Removes the capture triggers of a table and its partitions (by what they are, whatever their name: any
+-- trigger running one of its capture functions or holding a capture trigger's name; clones go with the
+-- table's own).
 create or replace function audit_private.detach_capture(table_id integer, target regclass)
   returns void
   language plpgsql
@@ -433,17 +660,16 @@ create or replace function audit_private.detach_capture(table_id integer, target
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  trigger_name text;
-  rel record;
+  x record;
 begin
-  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
-  for trigger_name in
-    select g.tgname from pg_trigger g
-    where g.tgrelid = target and not g.tgisinternal
-      and exists (select from audit_private.expected_capture_triggers(table_id) x
-                  where g.tgname = x.trigger_name or g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
+  for x in
+    select g.tgname, n.nspname, c.relname from pg_trigger g join pg_class c on c.oid = g.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not g.tgisinternal and g.tgparentid = 0
+      and exists (select from audit_private.expected_capture_triggers(table_id, true) e
+                  where g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name))
+                     or (g.tgname = e.trigger_name and g.tgrelid in (select audit_private.capture_relations(target))))
   loop
-    execute format('drop trigger %I on %I.%I', trigger_name, rel.nspname, rel.relname);
+    execute format('drop trigger %I on %I.%I', x.tgname, x.nspname, x.relname);
   end loop;
 end
 $$;
@@ -581,7 +807,7 @@ begin
     perform audit_private.detach_capture(tracked.id, target);
   end if;
   execute (select string_agg(format('drop function if exists audit_private.%I()', x.function_name), '; ')
-           from audit_private.expected_capture_triggers(tracked.id) x);
+           from audit_private.expected_capture_triggers(tracked.id, true) x);
 end
 $$;
 
@@ -634,7 +860,8 @@ revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) 
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
--- What is tracked, and whether its four capture triggers are in place and enabled.
+-- What is tracked, and whether its capture triggers (4 on a table; on a partitioned one 8, on it and on each
+-- of its partitions) are in place and enabled.
 create or replace view audit.tracked_tables as
 select
   t.schema_name,
@@ -646,16 +873,18 @@ select
   coalesce(tr.installed, 0) as triggers_installed,
   coalesce(tr.active, 0) as triggers_active,
   t.created_at,
-  t.updated_at
+  t.updated_at,
+  coalesce(tr.expected, 0) as triggers_expected -- last: create or replace view can only add columns at the end
 from audit_private.tables t
 left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
-         count(*) filter (where s.installed and s.enabled)::integer as active
-  from audit_private.capture_trigger_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
+         count(*) filter (where s.installed and s.enabled)::integer as active,
+         count(*)::integer as expected
+  from audit_private.capture_tree_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
-  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist exactly as installed (function, events, transition tables) and are enabled';
+  'Tables under audit (or once audited): options, and how many of their capture triggers (triggers_expected: 4 on a table, 8 on a partitioned table and on each partition) exist exactly as installed (function, events, transition tables) and are enabled';
 
 -- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
 -- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
@@ -671,6 +900,10 @@ declare
   tracked audit_private.tables;
   missing text[];
 begin
+  -- A partition (created, attached, altered, renamed): its tracked table's capture covers it.
+  if (select c.relispartition from pg_class c where c.oid = target) then
+    target := pg_partition_root(target);
+  end if;
   select t.* into tracked
   from audit_private.tables t
   join pg_class c on c.relname = t.table_name
@@ -679,9 +912,11 @@ begin
   if tracked.id is null then
     -- Renamed (ALTER TABLE … RENAME TO or SET SCHEMA): its capture triggers still call the functions named
     -- after its registry id. The registry follows the table, and so does its history in audit.log.
+    -- (A table holding capture triggers of a table that still exists under its name is a partition
+    -- detached from it: refreshing that table, which the same command does, removes them.)
     select t.* into tracked
     from audit_private.tables t
-    where t.enabled and exists (
+    where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null and exists (
       select from pg_trigger g
       where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
@@ -730,11 +965,11 @@ begin
   from audit_private.tables t
   join pg_class c on c.relname = t.table_name
   join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
-  where c.oid = g.tgrelid and t.enabled;
+  where c.oid = coalesce(pg_partition_root(g.tgrelid), g.tgrelid) and t.enabled;
   if tracked_id is null then
     return; -- untracked tables are none of our business (audit.coverage reports look-alikes there)
   end if;
-  if exists (select from audit_private.expected_capture_triggers(tracked_id) x
+  if exists (select from audit_private.expected_capture_triggers(tracked_id, true) x
              where x.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
      or exists (select from audit_private.capture_trigger_state(tracked_id, g.tgrelid) s
                 where s.trigger_name = g.tgname and not s.installed) then
@@ -797,6 +1032,13 @@ begin
     -- themselves, not along with their table.
     where (o.object_type = 'table' and not o.is_temporary) or (o.object_type = 'trigger' and o.original)
   loop
+    if dropped.object_type = 'trigger' then
+      -- A trigger dropped from a partition: the partition's tracked table is the one to check.
+      select n.nspname, c.relname into dropped.schema_name, dropped.table_name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.oid = coalesce(pg_partition_root(to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name))),
+                             to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name)));
+    end if;
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
     continue when tracked_id is null;
@@ -807,7 +1049,7 @@ begin
     else
       target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
       continue when target is null
-        or not exists (select from audit_private.capture_trigger_state(tracked_id, target) s where not s.installed);
+        or not exists (select from audit_private.capture_tree_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
         using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
       perform audit_private.refresh_tracking(target);
@@ -821,7 +1063,7 @@ revoke all on function audit_private.tg__refresh_after_ddl(), audit_private.tg__
   audit_private.check_trigger(oid), audit_private.refresh_tracking(regclass), audit_private.end_tracking(integer),
   audit_private.attach_capture(audit_private.tables, regclass), audit_private.detach_capture(integer, regclass),
   audit_private.write_capture_functions(audit_private.tables, regclass),
-  audit_private.write_capture_function(text, audit_private.tables, text, text) from public;
+  audit_private.write_capture_function(text, audit_private.tables, text[], text, text, text) from public;
 
 -- Event triggers need a superuser; on a managed server without one, capture still works but ALTER TABLE
 -- on a tracked table must be followed by audit.enable_tracking (audit.tracked_tables and audit.coverage
@@ -831,7 +1073,8 @@ begin
   if (select rolsuper from pg_roles where rolname = current_user) then
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
-      when tag in ('ALTER TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+      -- CREATE TABLE: a partition created in a tracked table gets its capture triggers.
+      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop
