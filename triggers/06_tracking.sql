@@ -237,7 +237,7 @@ create or replace function audit_private.move_new_condition()
   returns text
   language sql
   immutable
-as $$ select $q$(current_setting('audit_private.moving'::text, true) ~~ '%|moved'::text)$q$ $$;
+as $$ select $q$(current_setting('audit_private.moving'::text, true) = 'moved'::text)$q$ $$;
 -- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
 -- timing, level, events), transition tables and WHEN. A partitioned table, and each of its partitions, has
 -- four more (MOVES AND PARTITIONS); the row ones on partitions are PostgreSQL's clones of the table's.
@@ -343,8 +343,8 @@ begin
          or ((tg_table_schema <> %3$L or tg_table_name <> %4$L)
              and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
                              where c.oid = pg_partition_root(tg_relid) and n.nspname = %3$L and c.relname = %4$L)) then
-        raise exception 'audit_private.%5$s: generated for %% %% %% on %%.%% (or its partitions), fired %% %% %% on %%.%%',
-          %7$L, %8$L, %2$L, %3$L, %4$L, tg_when, tg_level, tg_op, tg_table_schema, tg_table_name
+        raise exception 'audit_private.%5$s: generated for %% on %%.%%, fired %% %% on %%.%%',
+          %9$L, %3$L, %4$L, tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -353,7 +353,10 @@ begin
       return %11$s;
     end
   $template$, tracked.id, (select array_agg(upper(e)) from unnest(events) e), tracked.schema_name, tracked.table_name,
-    function_name, capture_sql, timing, level, null,
+    function_name, capture_sql, timing, level,
+    -- What it was generated for, as the refusal says it: "INSERT", or e.g. "BEFORE ROW UPDATE".
+    concat_ws(' ', nullif(timing, 'AFTER'), case when level = 'ROW' then 'ROW' end,
+              (select string_agg(upper(e), '/') from unnest(events) e)),
     -- Row-level and BEFORE functions only take notes: no context, no statement number (counted after the writes).
     case when level = 'STATEMENT' and timing = 'AFTER' then '_ctx := audit_private.current_context();
       _stmt := audit_private.statement_number(tg_relid);' else '' end,
@@ -391,18 +394,23 @@ $$;
 -- goes to the DELETE/INSERT transition tables, which are read only when the MERGE has those actions too
 -- (docs/merge-partition-moves.md). So partitioned tables also get three row triggers (cloned by PostgreSQL
 -- onto every partition, present and future) that take a note of each move, in order:
---   _900_audit_move_mark  BEFORE UPDATE: "this row (depth, partition, old key) is being updated to new key"
---   _900_audit_move_old   BEFORE DELETE of that same row right after: it is moving; note its old row
+--   _900_audit_move_mark  BEFORE UPDATE that changes a partition key column: "this row (trigger depth,
+--                         partition, old key) is being updated to new key"
+--   _900_audit_move_old   BEFORE DELETE of that same row from that partition: it is moving; note its old row
 --   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
 -- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) clears the notes of an
--- earlier statement at the same trigger depth. Notes live in an unlogged table that only capture writes,
--- per transaction (rolled back with it); a masked column is noted by a digest of its text, never its value.
+-- earlier statement at the same trigger depth. Notes live in an unlogged table that only capture writes
+-- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
+-- digest of its text, never its value. The setting audit_private.moving only says whether to look.
+-- Residual: a function called inside a statement that writes the same tracked table at the same trigger
+-- depth (not from a trigger) clears that statement's notes so far.
 create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,
   table_id   integer not null,
-  kind       text    not null check (kind in ('move', 'truncate')),
+  kind       text    not null check (kind in ('mark', 'move', 'truncate')),
+  relid      oid,
   old_key    jsonb,
   new_key    jsonb,
   row_data   jsonb,
@@ -577,20 +585,30 @@ begin
     array['insert', 'update', 'delete', 'truncate'], format(
     'delete from %s;
       perform set_config(''audit_private.moving'', '''', true)', notes), 'BEFORE');
+  -- Only a row whose partition key columns change (compared as text: no user operator) can move.
+  select coalesce(string_agg(format('(%1$I.%3$I is null) <> (%2$I.%3$I is null) or format(''%%s'', %1$I.%3$I) <> format(''%%s'', %2$I.%3$I)',
+                                    'old', 'new', k), ' or '), 'false')
+    into plain_sql
+  from (
+    select distinct a.attname as k
+    from audit_private.capture_relations(target) r
+    join pg_partitioned_table p on p.partrelid = r
+    join pg_attribute a on a.attrelid = r and a.attnum > 0 and not a.attisdropped
+     and (a.attnum = any (p.partattrs::int2[]) or p.partexprs is not null) -- expressions: any column may feed them
+  ) c;
   perform audit_private.write_capture_function(format('capture_move_mark_%s', tracked.id), tracked, array['update'], format(
-    'perform set_config(''audit_private.moving'', concat_ws(''|'', pg_trigger_depth(), tg_relid, %s, %s), true)',
-    audit_private.key_sql(tracked, target, 'old'), audit_private.key_sql(tracked, target, 'new')), 'BEFORE', 'ROW');
+    'if %s then
+        insert into audit_private.capture_notes (tx_id, depth, table_id, kind, relid, old_key, new_key)
+        values (_tx, pg_trigger_depth(), %s, ''mark'', tg_relid, %s, %s);
+        perform set_config(''audit_private.moving'', ''mark'', true);
+      end if',
+    plain_sql, tracked.id, audit_private.key_sql(tracked, target, 'old'), audit_private.key_sql(tracked, target, 'new')), 'BEFORE', 'ROW');
   perform audit_private.write_capture_function(format('capture_move_old_%s', tracked.id), tracked, array['delete'], format(
     'if coalesce(current_setting(''audit_private.moving'', true), '''') <> '''' then
-        if starts_with(current_setting(''audit_private.moving''), concat_ws(''|'', pg_trigger_depth(), tg_relid, %1$s) || ''|'') then
-          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, old_key, new_key, row_data, old_masked)
-          values (_tx, pg_trigger_depth(), %2$s, ''move'', %1$s,
-                  substr(current_setting(''audit_private.moving''), length(concat_ws(''|'', pg_trigger_depth(), tg_relid, %1$s)) + 2)::jsonb,
-                  %3$s, %4$s);
-          perform set_config(''audit_private.moving'', pg_trigger_depth() || ''|moved'', true);
-        else
-          perform set_config(''audit_private.moving'', '''', true);
-        end if;
+        update audit_private.capture_notes m set kind = ''move'', row_data = %3$s, old_masked = %4$s
+        where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''mark''
+          and m.relid = tg_relid and m.old_key = %1$s;
+        perform set_config(''audit_private.moving'', case when found then ''moved'' else ''mark'' end, true);
       end if',
     audit_private.key_sql(tracked, target, 'old'), tracked.id, audit_private.row_json_sql(tracked, target, 'old'),
     audit_private.masked_digest_sql(tracked, target, 'old')), 'BEFORE', 'ROW');
@@ -806,8 +824,9 @@ begin
   if target is not null then
     perform audit_private.detach_capture(tracked.id, target);
   end if;
-  execute (select string_agg(format('drop function if exists audit_private.%I()', x.function_name), '; ')
-           from audit_private.expected_capture_triggers(tracked.id, true) x);
+  execute (select string_agg(format('drop function audit_private.%I()', x.function_name), '; ')
+           from audit_private.expected_capture_triggers(tracked.id, true) x
+           where to_regprocedure(format('audit_private.%I()', x.function_name)) is not null);
 end
 $$;
 
