@@ -399,8 +399,10 @@ $$;
 --   _900_audit_move_old   BEFORE DELETE of that same row from that partition: it is moving; note its old row
 --   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
--- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) clears the notes of an
--- earlier statement at the same trigger depth. Notes live in an unlogged table that only capture writes
+-- DELETE and INSERT leave moved rows out. A statement's notes go when its last statement trigger is done:
+-- MERGE fires them in the order DELETE, UPDATE, INSERT, so UPDATE drops them unless _900_audit_begin (BEFORE
+-- each statement) noted that an INSERT trigger will follow; _900_audit_begin also clears what an earlier
+-- statement at the same trigger depth left (it failed inside a caught exception, say). Notes live in an unlogged table that only capture writes
 -- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
 -- digest of its text, never its value. The setting audit_private.moving only says whether to look.
 -- Residual: a function called inside a statement that writes the same tracked table at the same trigger
@@ -409,8 +411,9 @@ create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,
   table_id   integer not null,
-  kind       text    not null check (kind in ('mark', 'move', 'truncate')),
+  kind       text    not null check (kind in ('mark', 'move', 'insert', 'truncate')),
   relid      oid,
+  remaining  integer,
   old_key    jsonb,
   new_key    jsonb,
   row_data   jsonb,
@@ -511,7 +514,10 @@ begin
       end if',
              notes, replace(plain_sql, '/*filter*/', format('where not exists (select from %s and m.kind = ''move'' and m.new_data is not null and m.%I = %s)',
                                              notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
-             plain_sql) end);
+             plain_sql)
+           -- INSERT is the last statement trigger of a statement to fire.
+           || case when op.name = 'insert' then format(';
+      delete from %s', notes) else '' end end);
   end loop;
 
   -- UPDATE: the columns inserted are the same in all branches; only how old and new rows are paired differs.
@@ -555,6 +561,9 @@ begin
               and not exists (select from new_rows n where %4$s = m.new_key)
             offset 0) c
       where c.delta <> ''{}''::jsonb;
+    end if;
+    if not exists (select from %1$s and m.kind = ''insert'') then
+      delete from %1$s;
     end if', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n')) else '' end));
 
   -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
@@ -570,8 +579,14 @@ begin
     'if tg_table_schema = %7$L and tg_table_name = %8$L then
       %1$s
       values (_at, _tx, _stmt, %2$s, %3$L, null, null, null, null, %4$s);
-      insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''truncate'');
-    elsif not exists (select from %6$s and m.kind = ''truncate'') then
+      -- The truncate trigger of each partition counts itself off; the last one drops the note.
+      insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining)
+      select _tx, pg_trigger_depth(), %2$s, ''truncate'', count(*) - 1 from pg_partition_tree(tg_relid) having count(*) > 1;
+    elsif exists (select from %6$s and m.kind = ''truncate'') then
+      update audit_private.capture_notes m set remaining = m.remaining - 1
+      where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''truncate'';
+      delete from %6$s and m.kind = ''truncate'' and m.remaining <= 0;
+    else
       raise exception ''cartop-audit: %% is a partition of the tracked table %%; truncating it alone would remove rows without audit rows'', tg_relid::regclass, %5$L
         using errcode = ''feature_not_supported'',
               hint = ''DELETE FROM the partition (recorded row by row), or TRUNCATE the whole table.'';
@@ -583,8 +598,11 @@ begin
   end if;
   perform audit_private.write_capture_function(format('capture_begin_%s', tracked.id), tracked,
     array['insert', 'update', 'delete', 'truncate'], format(
-    'delete from %s;
-      perform set_config(''audit_private.moving'', '''', true)', notes), 'BEFORE');
+    'delete from %1$s and m.kind <> ''insert'';
+      if tg_op = ''INSERT'' and not exists (select from %1$s and m.kind = ''insert'') then
+        insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''insert'');
+      end if;
+      perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id), 'BEFORE');
   -- Only a row whose partition key columns change (compared as text: no user operator) can move.
   select coalesce(string_agg(format('(%1$I.%3$I is null) <> (%2$I.%3$I is null) or format(''%%s'', %1$I.%3$I) <> format(''%%s'', %2$I.%3$I)',
                                     'old', 'new', k), ' or '), 'false')
