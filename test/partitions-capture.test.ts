@@ -3,7 +3,7 @@
 // (Why MERGE needs this: docs/merge-partition-moves.md.)
 import { afterAll, beforeAll, describe, expect, test } from "@jest/globals";
 import type pg from "pg";
-import { createTestDatabase, errorOf, inTransaction, type TestDatabase } from "./helpers.ts";
+import { countAuditRows, createTestDatabase, errorOf, inTransaction, type TestDatabase } from "./helpers.ts";
 
 let db: TestDatabase;
 
@@ -251,5 +251,38 @@ describe("writes straight into a partition", () => {
       `create trigger _900_audit_update after update on pw.ev_us for each row execute function audit_private.capture_update_${
         (await db.pool.query("select id from audit_private.tables where schema_name = 'pw'")).rows[0].id}()`));
     expect(refused.message).toMatch(/^trigger "_900_audit_update" for relation "ev_us" already exists$|capture triggers cannot be renamed, replaced or copied/);
+  });
+});
+
+describe("the move notes cannot be forged or misused", () => {
+  test("an application role cannot write capture notes", async () => {
+    await inTransaction(db.pool, async (client) => {
+      await client.query("set local role cartop_user");
+      const error = await errorOf(client.query(
+        "insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (txid_current(), 1, 1, 'move')"));
+      expect(error.code).toBe("42501");
+      expect(error.message).toBe("permission denied for table capture_notes");
+    });
+  });
+
+  test("a move-note function attached anywhere else (even by a superuser) refuses and notes nothing", async () => {
+    const { rows: [{ id }] } = await db.pool.query("select id from audit_private.tables where schema_name = 'pw' and table_name = 'ev'");
+    const before = await countAuditRows(db.pool, "pw.ev");
+    await db.pool.query(`
+      create table public.elsewhere (id integer primary key, v integer);
+      insert into public.elsewhere values (1, 0);
+      create trigger t_mark before update on public.elsewhere for each row execute function audit_private.capture_move_mark_${id}();
+      create trigger t_old before delete on public.elsewhere for each row execute function audit_private.capture_move_old_${id}();
+      create trigger t_begin before insert on public.elsewhere for each statement execute function audit_private.capture_begin_${id}();
+    `);
+    const update = await errorOf(db.pool.query("update public.elsewhere set v = 1"));
+    expect(update.code).toBe("42501");
+    expect(update.message).toBe(`audit_private.capture_move_mark_${id}: generated for BEFORE ROW UPDATE on pw.ev, fired BEFORE ROW UPDATE on public.elsewhere`);
+    const remove = await errorOf(db.pool.query("delete from public.elsewhere"));
+    expect(remove.message).toBe(`audit_private.capture_move_old_${id}: generated for BEFORE ROW DELETE on pw.ev, fired BEFORE ROW DELETE on public.elsewhere`);
+    const insert = await errorOf(db.pool.query("insert into public.elsewhere values (2, 0)"));
+    expect(insert.message).toBe(`audit_private.capture_begin_${id}: generated for BEFORE INSERT/UPDATE/DELETE/TRUNCATE on pw.ev, fired BEFORE INSERT on public.elsewhere`);
+    expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
+    expect(await countAuditRows(db.pool, "pw.ev")).toBe(before);
   });
 });

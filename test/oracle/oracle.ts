@@ -201,6 +201,12 @@ export async function runOracle(options: OracleOptions): Promise<OracleResult> {
     for (const tx of txs) {
       if (!tx.committed && walByTx.has(String(tx.xid))) problems.push(`tx ${tx.xid}: rolled back, yet decoded (the oracle's own check)`);
     }
+    // Capture cleaned up after itself, and every capture trigger is still in place.
+    const { rows: [left] } = await db.query<{ n: number }>("select count(*)::int as n from audit_private.capture_notes");
+    if (left!.n) problems.push(`${left!.n} capture note(s) left behind`);
+    const { rows: triggers } = await db.query(
+      "select table_name, triggers_installed, triggers_active, triggers_expected from audit.tracked_tables where schema_name = 'w' and triggers_active <> triggers_expected");
+    for (const t of triggers) problems.push(`capture triggers of w.${t.table_name}: ${t.triggers_active} of ${t.triggers_expected} in place and enabled`);
     return {
       problems: [...new Set(problems)],
       committed: txs.filter((t) => t.committed).length,
