@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:c014314069efd5bc13df3a5e403a71e047975a29
+--! Hash: sha1:dad160d81ec5ca15b14687b651afb088f2a772bb
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -1011,7 +1011,7 @@ begin
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
       audit_private.row_json_sql(tracked, target, 't'), op.transition);
     perform audit_private.write_capture_function(format('capture_%s_%s', op.name, tracked.id), tracked, array[op.name],
-      case when not partitioned then plain_sql
+      case when not partitioned then replace(plain_sql, ' /*filter*/', '')
            -- Rows moved by a MERGE are in these transition tables too; the UPDATE capture records them.
            else format('if exists (select from %s and m.kind = ''move'') then
         %s;
@@ -1020,7 +1020,7 @@ begin
       end if',
              notes, replace(plain_sql, '/*filter*/', format('where not exists (select from %s and m.kind = ''move'' and m.new_data is not null and m.%I = %s)',
                                              notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
-             plain_sql)
+             replace(plain_sql, ' /*filter*/', ''))
            -- INSERT is the last statement trigger of a statement to fire.
            || case when op.name = 'insert' then format(';
       delete from %s', notes) else '' end end);
