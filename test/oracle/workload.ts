@@ -275,9 +275,11 @@ class Client {
 /** Runs the workload; returns every transaction it began, committed or not. */
 export async function runWorkload(options: WorkloadOptions): Promise<TxRecord[]> {
   const records: TxRecord[] = [];
-  await Promise.all(Array.from({ length: options.clients }, async (_, index) => {
+  // Every client runs to its end (or its first unexpected error) before the first error is reported.
+  const outcomes = await Promise.allSettled(Array.from({ length: options.clients }, async (_, index) => {
     const rnd = random(options.seed * 1000 + index);
     const db = new pg.Client({ connectionString: options.url });
+    db.on("error", () => {}); // a server stopped under it is reported by the query that fails
     await db.connect();
     const client = new Client(db, rnd, index, options.clients);
     try {
@@ -317,5 +319,7 @@ export async function runWorkload(options: WorkloadOptions): Promise<TxRecord[]>
       await db.end();
     }
   }));
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected");
+  if (failed) throw failed.reason;
   return records;
 }
