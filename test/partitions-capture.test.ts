@@ -233,9 +233,12 @@ describe("writes straight into a partition", () => {
     expect(error.message).toBe("cartop-audit: pw.ev_us is a partition of the tracked table pw.ev; truncating it alone would remove rows without audit rows");
     expect((await db.pool.query("select count(*)::int as n from pw.ev_us")).rows).toEqual([{ n: 1 }]);
     await db.pool.query("truncate pw.ev");
+    // Naming a partition before its table is still a TRUNCATE of the whole table.
+    await db.pool.query("insert into pw.ev_us values (20, 'us', 0)");
+    await db.pool.query("truncate pw.ev_us, pw.ev");
     const { rows } = await db.pool.query(
-      `select action from audit.log where entity_schema = 'pw' order by id desc limit 2`);
-    expect(rows.map((r) => r.action)).toEqual(["TRUNCATE", "INSERT"]);
+      `select action from audit.log where entity_schema = 'pw' order by id desc limit 4`);
+    expect(rows.map((r) => r.action)).toEqual(["TRUNCATE", "INSERT", "TRUNCATE", "INSERT"]);
     // The note that let its partitions' triggers pass is gone with the last of them.
     expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
   });

@@ -567,9 +567,9 @@ begin
     end if', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n')) else '' end));
 
   -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
-  -- truncate triggers of its partitions too, right after its own: they find its note and record nothing.
-  -- A partition truncated on its own cannot be recorded (the trigger cannot see the rows it removes), so
-  -- that is refused.
+  -- truncate triggers of its partitions too (all BEFORE ones, then all AFTER ones): the table's BEFORE
+  -- trigger leaves a note, and theirs find it and record nothing. A partition truncated on its own cannot
+  -- be recorded (the trigger cannot see the rows it removes), so that is refused.
   perform audit_private.write_capture_function(format('capture_truncate_%s', tracked.id), tracked, array['truncate'],
     case when not partitioned then format(
     '%s
@@ -579,9 +579,6 @@ begin
     'if tg_table_schema = %7$L and tg_table_name = %8$L then
       %1$s
       values (_at, _tx, _stmt, %2$s, %3$L, null, null, null, null, %4$s);
-      -- The truncate trigger of each partition counts itself off; the last one drops the note.
-      insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining)
-      select _tx, pg_trigger_depth(), %2$s, ''truncate'', count(*) - 1 from pg_partition_tree(tg_relid) having count(*) > 1;
     elsif exists (select from %6$s and m.kind = ''truncate'') then
       update audit_private.capture_notes m set remaining = m.remaining - 1
       where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''truncate'';
@@ -598,11 +595,19 @@ begin
   end if;
   perform audit_private.write_capture_function(format('capture_begin_%s', tracked.id), tracked,
     array['insert', 'update', 'delete', 'truncate'], format(
-    'delete from %1$s and m.kind <> ''insert'';
-      if tg_op = ''INSERT'' and not exists (select from %1$s and m.kind = ''insert'') then
-        insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''insert'');
+    'if tg_op = ''TRUNCATE'' then
+        -- The truncate trigger of each partition counts itself off; the last one drops the note.
+        if tg_table_schema = %3$L and tg_table_name = %4$L then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining)
+          select _tx, pg_trigger_depth(), %2$s, ''truncate'', count(*) - 1 from pg_partition_tree(tg_relid) having count(*) > 1;
+        end if;
+      else
+        delete from %1$s and m.kind <> ''insert'';
+        if tg_op = ''INSERT'' and not exists (select from %1$s and m.kind = ''insert'') then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''insert'');
+        end if;
       end if;
-      perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id), 'BEFORE');
+      perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id, tracked.schema_name, tracked.table_name), 'BEFORE');
   -- Only a row whose partition key columns change (compared as text: no user operator) can move.
   select coalesce(string_agg(format('(%1$I.%3$I is null) <> (%2$I.%3$I is null) or format(''%%s'', %1$I.%3$I) <> format(''%%s'', %2$I.%3$I)',
                                     'old', 'new', k), ' or '), 'false')
