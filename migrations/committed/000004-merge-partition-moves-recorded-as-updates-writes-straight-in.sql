@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:e1bc891051d3573194a3fbbf58439fd1e166fe5b
+--! Hash: sha1:9178cb671c0a676eaef471b1fbe59dfc3b05f1e6
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -882,9 +882,12 @@ begin
       set intervalstyle = 'postgres'
       set extra_float_digits = 1
       set bytea_output = 'hex'
-      set lc_monetary = 'C'
+      set lc_monetary = 'C'%3$s
     as %2$L
-  $template$, function_name, body);
+  $template$, function_name, body,
+    -- A row trigger looks up its note once per row while the statement adds thousands: a plan cached while
+    -- the notes were few must still use the indexes.
+    case when level = 'ROW' then E'\n      set enable_seqscan = off' else '' end);
   execute format('alter function audit_private.%I() owner to cartop_capture', function_name);
   execute format('revoke all on function audit_private.%I() from public', function_name);
 end
@@ -927,7 +930,11 @@ create unlogged table if not exists audit_private.capture_notes (
   new_data   jsonb,
   new_masked jsonb
 );
-create index if not exists capture_notes_statement on audit_private.capture_notes (tx_id, table_id, depth);
+-- Row triggers find a note by key, once per row (hash: a key of any size). Nothing else is indexed, so no
+-- other index can look cheaper to them: statement triggers read the few notes in flight whole.
+drop index if exists audit_private.capture_notes_statement;
+create index if not exists capture_notes_old_key on audit_private.capture_notes using hash (old_key);
+create index if not exists capture_notes_new_key on audit_private.capture_notes using hash (new_key);
 comment on table audit_private.capture_notes is
   'Capture''s notes within one statement (rows moved between partitions, a partitioned table being truncated); never read by anything else';
 revoke all on audit_private.capture_notes from public;
@@ -1018,7 +1025,8 @@ begin
       else
         %s;
       end if',
-             notes, replace(plain_sql, '/*filter*/', format('where not exists (select from %s and m.kind = ''move'' and m.new_data is not null and m.%I = %s)',
+             -- NOT IN over a subquery: hashed once, not probed per row (keys are never null).
+             notes, replace(plain_sql, '/*filter*/', format('where %3$s not in (select m.%2$I from %1$s and m.kind = ''move'' and m.new_data is not null)',
                                              notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
              replace(plain_sql, ' /*filter*/', ''))
            -- INSERT is the last statement trigger of a statement to fire.
@@ -1064,7 +1072,7 @@ begin
       %3$s
       from (select m.row_data, audit_private.move_delta(m.row_data, m.old_masked, m.new_data, m.new_masked) as delta
             from %1$s and m.kind = ''move''
-              and not exists (select from new_rows n where %4$s = m.new_key)
+              and m.new_key not in (select %4$s from new_rows n)
             offset 0) c
       where c.delta <> ''{}''::jsonb;
     end if;
