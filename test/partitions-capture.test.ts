@@ -150,6 +150,34 @@ describe("MERGE moving rows between partitions", () => {
     expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
   });
 
+  test("MERGE and UPDATE with writes to the same table in WITH (which share its transition tables and triggers)", async () => {
+    await makeEvents("w");
+    await inTransaction(db.pool, async (client) => {
+      await client.query(`with d as (delete from mv.w where id = 4 returning 1)
+                            merge into mv.w e using (values (1), (3)) v(id) on e.id = v.id when matched then update set region = 'eu'`);
+      await client.query(`with u as (update mv.w set v = 9 where id = 3 returning 1)
+                            merge into mv.w e using (values (1), (8)) v(id) on e.id = v.id
+                            when matched then update set region = 'us' when not matched then insert values (v.id, 'eu', 0, 's', 'n')`);
+      await client.query(`with i as (insert into mv.w values (9, 'us', 0, 's', 'n') returning 1)
+                            merge into mv.w e using (values (1), (8)) v(id) on e.id = v.id
+                            when matched and e.id = 8 then delete when matched then update set region = 'eu'`);
+      await client.query(`with d as (delete from mv.w where id = 9 returning 1) update mv.w set region = 'us' where id = 1`);
+    });
+    expect(later(await rowsOf(db.pool, "mv.w")).map((r) => [r.action, r.entity_id, r.changes])).toEqual([
+      ["UPDATE", '[3, "eu"]', { region: { old: "us", new: "eu" } }],
+      ["DELETE", '[4, "eu"]', null],
+      ["INSERT", '[8, "eu"]', null],
+      ["UPDATE", '[3, "eu"]', { v: { old: 0, new: 9 } }],
+      ["UPDATE", '[1, "us"]', { region: { old: "eu", new: "us" } }],
+      ["DELETE", '[8, "eu"]', null],
+      ["UPDATE", '[1, "eu"]', { region: { old: "us", new: "eu" } }],
+      ["INSERT", '[9, "us"]', null],
+      ["UPDATE", '[1, "us"]', { region: { old: "eu", new: "us" } }],
+      ["DELETE", '[9, "us"]', null],
+    ]);
+    expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
+  });
+
   test("a session cannot forge a move: a DELETE and an INSERT under a forged setting stay a DELETE and an INSERT", async () => {
     await makeEvents("e");
     await db.pool.query(`grant usage on schema mv to cartop_user; grant select, insert, update, delete on mv.e to cartop_user`);

@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:9178cb671c0a676eaef471b1fbe59dfc3b05f1e6
+--! Hash: sha1:c097163ef13ee0f03765ca3506901e0c05789238
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -908,10 +908,8 @@ $$;
 --   _900_audit_move_old   BEFORE DELETE of that same row from that partition: it is moving; note its old row
 --   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
--- DELETE and INSERT leave moved rows out. A statement's notes go when its last statement trigger is done:
--- MERGE fires them in the order DELETE, UPDATE, INSERT, so UPDATE drops them unless _900_audit_begin (BEFORE
--- each statement) noted that an INSERT trigger will follow; _900_audit_begin also clears what an earlier
--- statement at the same trigger depth left (it failed inside a caught exception, say). Notes live in an unlogged table that only capture writes
+-- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) notes which statement
+-- triggers will fire; the last of them to finish drops the statement's notes. Notes live in an unlogged table that only capture writes
 -- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
 -- digest of its text, never its value. The setting audit_private.moving only says whether to look.
 -- Residual: a function called inside a statement that writes the same tracked table at the same trigger
@@ -920,7 +918,7 @@ create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,
   table_id   integer not null,
-  kind       text    not null check (kind in ('mark', 'move', 'insert', 'truncate')),
+  kind       text    not null check (kind in ('mark', 'move', 'insert', 'update', 'delete', 'truncate')),
   relid      oid,
   remaining  integer,
   old_key    jsonb,
@@ -1006,6 +1004,15 @@ declare
   partitioned constant boolean := (select c.relkind = 'p' from pg_class c where c.oid = target);
   -- This statement's notes (the same transaction, table and trigger depth).
   notes constant text := format('audit_private.capture_notes m where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()', tracked.id);
+  -- The end of a statement trigger: it is done; the statement's last one drops the statement's notes. Which
+  -- ones fire is known from _900_audit_begin (a statement fires the BEFORE and AFTER triggers of the same
+  -- events, each once, even with several writes to the table in WITH), not from their order, which WITH
+  -- can change.
+  done_sql constant text := format(
+    'delete from %1$s and m.kind = lower(tg_op);
+      if not exists (select from %1$s and m.kind in (''insert'', ''update'', ''delete'')) then
+        delete from %1$s;
+      end if', notes);
   op record;
   plain_sql text;
   update_select text;
@@ -1029,9 +1036,8 @@ begin
              notes, replace(plain_sql, '/*filter*/', format('where %3$s not in (select m.%2$I from %1$s and m.kind = ''move'' and m.new_data is not null)',
                                              notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
              replace(plain_sql, ' /*filter*/', ''))
-           -- INSERT is the last statement trigger of a statement to fire.
-           || case when op.name = 'insert' then format(';
-      delete from %s', notes) else '' end end);
+           || ';
+      ' || done_sql end);
   end loop;
 
   -- UPDATE: the columns inserted are the same in all branches; only how old and new rows are paired differs.
@@ -1076,9 +1082,7 @@ begin
             offset 0) c
       where c.delta <> ''{}''::jsonb;
     end if;
-    if not exists (select from %1$s and m.kind = ''insert'') then
-      delete from %1$s;
-    end if', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n')) else '' end));
+    %5$s', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n'), done_sql) else '' end));
 
   -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
   -- truncate triggers of its partitions too (all BEFORE ones, then all AFTER ones): the table's BEFORE
@@ -1116,9 +1120,9 @@ begin
           select _tx, pg_trigger_depth(), %2$s, ''truncate'', count(*) - 1 from pg_partition_tree(tg_relid) having count(*) > 1;
         end if;
       else
-        delete from %1$s and m.kind <> ''insert'';
-        if tg_op = ''INSERT'' and not exists (select from %1$s and m.kind = ''insert'') then
-          insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, ''insert'');
+        delete from %1$s and m.kind = ''truncate'';
+        if not exists (select from %1$s and m.kind = lower(tg_op)) then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, lower(tg_op));
         end if;
       end if;
       perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id, tracked.schema_name, tracked.table_name), 'BEFORE');

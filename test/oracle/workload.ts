@@ -143,7 +143,7 @@ class Client {
   async op(): Promise<void> {
     const rnd = this.rnd;
     const kind = pick(rnd, ["insert", "insert", "update", "update", "delete", "upsert", "copy", "cte", "key", "ev_insert", "ev_insert",
-      "ev_move", "ev_merge", "ev_merge", "ev_merge_update", "ev_leaf", "family", "family_delete", "scratch", "truncate"] as const);
+      "ev_move", "ev_merge", "ev_merge", "ev_merge_update", "ev_merge_cte", "ev_leaf", "family", "family_delete", "scratch", "truncate"] as const);
     switch (kind) {
       case "insert": {
         const rows = Array.from({ length: 1 + Math.floor(rnd() * 4) }, () => itemValues(rnd, this.id()));
@@ -226,6 +226,20 @@ class Client {
         await this.db.query(`merge into w.ev e using (values ${valuesSql(source, ["integer", "text"])}) s(id, region) on e.id = s.id
             when matched and e.v > 50 then do nothing
             when matched then update set region = s.region, amount = coalesce(e.amount, 0) + 1`, source.flat());
+        return;
+      }
+      case "ev_merge_cte": {
+        // A write to the same table in WITH shares the MERGE's transition tables and statement triggers.
+        const [gone, ...ids] = await this.own("ev", 3);
+        if (gone === undefined) return;
+        const source = [...ids, this.id()].map((id) => [String(id), pick(rnd, regions)]);
+        const write = pick(rnd, ["delete from w.ev where id = $1", "update w.ev set v = v + 1 where id = $1",
+                                 "insert into w.ev (id, region) values ($1, 'eu')"]);
+        await this.db.query(`with w as (${write} returning 1)
+            merge into w.ev e using (values ${valuesSql(source, ["integer", "text"], 2)}) s(id, region) on e.id = s.id
+            when matched then update set region = s.region
+            when not matched then insert (id, region) values (s.id, s.region)`,
+          [write.startsWith("insert") ? this.id() : gone, ...source.flat()]);
         return;
       }
       case "ev_leaf": {
