@@ -178,6 +178,25 @@ describe("MERGE moving rows between partitions", () => {
     expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
   });
 
+  test("a MERGE that moves rows while a function it calls moves others of the same table", async () => {
+    await makeEvents("f");
+    await db.pool.query(`
+      insert into mv.f values (10, 'eu', 0, 's', 'n'), (11, 'eu', 0, 's', 'n');
+      create function mv.bump(i integer) returns integer language plpgsql as $$
+      begin
+        update mv.f set region = 'us' where id = i + 9;
+        return i;
+      end $$;
+    `);
+    await db.pool.query(`merge into mv.f e using (values (1), (2)) v(id) on e.id = v.id
+                           when matched then update set region = 'us', v = mv.bump(v.id)`);
+    expect(later(await rowsOf(db.pool, "mv.f")).filter((r) => r.action !== "INSERT").map((r) => [r.entity_id, r.changes])).toEqual([
+      ['[10, "us"]', { region: { old: "eu", new: "us" } }],
+      ['[1, "us"]', { region: { old: "eu", new: "us" }, v: { old: 0, new: 1 } }],
+    ]);
+    expect((await db.pool.query("select count(*)::int as n from audit_private.capture_notes")).rows).toEqual([{ n: 0 }]);
+  });
+
   test("a session cannot forge a move: a DELETE and an INSERT under a forged setting stay a DELETE and an INSERT", async () => {
     await makeEvents("e");
     await db.pool.query(`grant usage on schema mv to cartop_user; grant select, insert, update, delete on mv.e to cartop_user`);

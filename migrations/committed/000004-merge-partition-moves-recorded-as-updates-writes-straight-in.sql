@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:c097163ef13ee0f03765ca3506901e0c05789238
+--! Hash: sha1:abe7ed8cf7319142f9f701a3e4c14589100662ab
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -908,12 +908,11 @@ $$;
 --   _900_audit_move_old   BEFORE DELETE of that same row from that partition: it is moving; note its old row
 --   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
--- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) notes which statement
--- triggers will fire; the last of them to finish drops the statement's notes. Notes live in an unlogged table that only capture writes
+-- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) counts the statement
+-- triggers that will fire; the last of them to finish drops the notes, so a statement run inside another
+-- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an unlogged table that only capture writes
 -- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
 -- digest of its text, never its value. The setting audit_private.moving only says whether to look.
--- Residual: a function called inside a statement that writes the same tracked table at the same trigger
--- depth (not from a trigger) clears that statement's notes so far.
 create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,
@@ -921,6 +920,7 @@ create unlogged table if not exists audit_private.capture_notes (
   kind       text    not null check (kind in ('mark', 'move', 'insert', 'update', 'delete', 'truncate')),
   relid      oid,
   remaining  integer,
+  recorded   boolean not null default false,
   old_key    jsonb,
   new_key    jsonb,
   row_data   jsonb,
@@ -1005,14 +1005,16 @@ declare
   -- This statement's notes (the same transaction, table and trigger depth).
   notes constant text := format('audit_private.capture_notes m where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()', tracked.id);
   -- The end of a statement trigger: it is done; the statement's last one drops the statement's notes. Which
-  -- ones fire is known from _900_audit_begin (a statement fires the BEFORE and AFTER triggers of the same
-  -- events, each once, even with several writes to the table in WITH), not from their order, which WITH
-  -- can change.
+  -- ones fire is counted by _900_audit_begin (a statement fires the BEFORE and AFTER triggers of the same
+  -- events, each once per table or partition it aims at, even with several writes to the table in WITH),
+  -- not taken from their order, which WITH can change.
   done_sql constant text := format(
-    'delete from %1$s and m.kind = lower(tg_op);
+    'update audit_private.capture_notes m set remaining = m.remaining - 1
+      where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = lower(tg_op);
+      delete from %1$s and m.kind = lower(tg_op) and m.remaining <= 0;
       if not exists (select from %1$s and m.kind in (''insert'', ''update'', ''delete'')) then
         delete from %1$s;
-      end if', notes);
+      end if', notes, tracked.id);
   op record;
   plain_sql text;
   update_select text;
@@ -1069,20 +1071,25 @@ begin
     insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target),
     case when partitioned then format(';
     -- Moves: a plain UPDATE saw them (their new rows are in new_rows); a MERGE did not, so record them here.
-    if exists (select from %1$s and m.kind = ''move'') then
-      if exists (select from %1$s and m.kind = ''move'' and m.new_data is null) then
+    if exists (select from %1$s and m.kind = ''move'' and not m.recorded) then
+      -- The last UPDATE trigger of the statement (an earlier one may belong to a statement run inside it,
+      -- before the rows of this one are complete) sees every move whole, or something went wrong.
+      if (select m.remaining from %1$s and m.kind = ''update'') = 1
+         and exists (select from %1$s and m.kind = ''move'' and m.new_data is null) then
         raise exception ''cartop-audit: a row of %%.%% moved to another partition, but its new version was not seen (a BEFORE trigger changed its key or dropped it); refusing to write it unaudited'', tg_table_schema, tg_table_name
           using errcode = ''triggered_action_exception'';
       end if;
       %2$s
       %3$s
       from (select m.row_data, audit_private.move_delta(m.row_data, m.old_masked, m.new_data, m.new_masked) as delta
-            from %1$s and m.kind = ''move''
+            from %1$s and m.kind = ''move'' and m.new_data is not null and not m.recorded
               and m.new_key not in (select %4$s from new_rows n)
             offset 0) c
       where c.delta <> ''{}''::jsonb;
+      update audit_private.capture_notes m set recorded = true
+      where m.tx_id = _tx and m.table_id = %6$s and m.depth = pg_trigger_depth() and m.kind = ''move'' and m.new_data is not null;
     end if;
-    %5$s', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n'), done_sql) else '' end));
+    %5$s', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n'), done_sql, tracked.id) else '' end));
 
   -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
   -- truncate triggers of its partitions too (all BEFORE ones, then all AFTER ones): the table's BEFORE
@@ -1121,8 +1128,11 @@ begin
         end if;
       else
         delete from %1$s and m.kind = ''truncate'';
-        if not exists (select from %1$s and m.kind = lower(tg_op)) then
-          insert into audit_private.capture_notes (tx_id, depth, table_id, kind) values (_tx, pg_trigger_depth(), %2$s, lower(tg_op));
+        -- Counted: a statement run inside this one (a function it calls) fires its own at the same depth.
+        update audit_private.capture_notes m set remaining = m.remaining + 1
+        where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = lower(tg_op);
+        if not found then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining) values (_tx, pg_trigger_depth(), %2$s, lower(tg_op), 1);
         end if;
       end if;
       perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id, tracked.schema_name, tracked.table_name), 'BEFORE');
