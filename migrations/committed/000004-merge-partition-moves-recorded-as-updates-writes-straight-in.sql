@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:abe7ed8cf7319142f9f701a3e4c14589100662ab
+--! Hash: sha1:08b8ec2a871dc31a59b3a2ab1aa9a0cb88cfa1da
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -928,11 +928,14 @@ create unlogged table if not exists audit_private.capture_notes (
   new_data   jsonb,
   new_masked jsonb
 );
--- Row triggers find a note by key, once per row (hash: a key of any size). Nothing else is indexed, so no
--- other index can look cheaper to them: statement triggers read the few notes in flight whole.
+-- Row triggers find a note by key, once per row (hash: a key of any size; they write `tx_id + 0` so that
+-- the transaction's index never looks cheaper to them). Statement triggers find their transaction's notes.
+-- Every statement on a partitioned tracked table adds and removes a few notes: vacuum the dead ones often.
 drop index if exists audit_private.capture_notes_statement;
 create index if not exists capture_notes_old_key on audit_private.capture_notes using hash (old_key);
 create index if not exists capture_notes_new_key on audit_private.capture_notes using hash (new_key);
+create index if not exists capture_notes_tx on audit_private.capture_notes (tx_id);
+alter table audit_private.capture_notes set (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 comment on table audit_private.capture_notes is
   'Capture''s notes within one statement (rows moved between partitions, a partitioned table being truncated); never read by anything else';
 revoke all on audit_private.capture_notes from public;
@@ -1157,7 +1160,7 @@ begin
   perform audit_private.write_capture_function(format('capture_move_old_%s', tracked.id), tracked, array['delete'], format(
     'if coalesce(current_setting(''audit_private.moving'', true), '''') <> '''' then
         update audit_private.capture_notes m set kind = ''move'', row_data = %3$s, old_masked = %4$s
-        where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''mark''
+        where m.tx_id + 0 = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''mark''
           and m.relid = tg_relid and m.old_key = %1$s;
         perform set_config(''audit_private.moving'', case when found then ''moved'' else ''mark'' end, true);
       end if',
@@ -1165,7 +1168,7 @@ begin
     audit_private.masked_digest_sql(tracked, target, 'old')), 'BEFORE', 'ROW');
   perform audit_private.write_capture_function(format('capture_move_new_%s', tracked.id), tracked, array['insert'], format(
     'update audit_private.capture_notes m set new_data = %s, new_masked = %s
-      where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()
+      where m.tx_id + 0 = _tx and m.table_id = %s and m.depth = pg_trigger_depth()
         and m.kind = ''move'' and m.new_data is null and m.new_key = %s',
     audit_private.row_json_sql(tracked, target, 'new'), audit_private.masked_digest_sql(tracked, target, 'new'),
     tracked.id, audit_private.key_sql(tracked, target, 'new')), 'AFTER', 'ROW');
