@@ -238,6 +238,7 @@ create or replace function audit_private.move_new_condition()
   language sql
   immutable
 as $$ select $q$(current_setting('audit_private.moving'::text, true) = 'moved'::text)$q$ $$;
+
 -- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
 -- timing, level, events), transition tables and WHEN. A partitioned table, and each of its partitions, has
 -- four more (MOVES AND PARTITIONS); the row ones on partitions are PostgreSQL's clones of the table's.
@@ -404,9 +405,10 @@ $$;
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
 -- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) counts the statement
 -- triggers that will fire; the last of them to finish drops the notes, so a statement run inside another
--- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an unlogged table that only capture writes
--- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
--- digest of its text, never its value. The setting audit_private.moving only says whether to look.
+-- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an
+-- unlogged table that only capture writes (so a session cannot forge one), per transaction (rolled back
+-- with it); a masked column is noted by a digest of its text, never its value. The setting
+-- audit_private.moving only says whether to look.
 create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,

@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:08b8ec2a871dc31a59b3a2ab1aa9a0cb88cfa1da
+--! Hash: sha1:7b1b5e5b6242db8352402fde773b57321374de6a
 --! Message: MERGE partition moves recorded as updates; writes straight into partitions captured under the tracked table
 
 -- source: triggers/01_schemas_and_roles.sql
@@ -744,6 +744,7 @@ create or replace function audit_private.move_new_condition()
   language sql
   immutable
 as $$ select $q$(current_setting('audit_private.moving'::text, true) = 'moved'::text)$q$ $$;
+
 -- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
 -- timing, level, events), transition tables and WHEN. A partitioned table, and each of its partitions, has
 -- four more (MOVES AND PARTITIONS); the row ones on partitions are PostgreSQL's clones of the table's.
@@ -910,9 +911,10 @@ $$;
 -- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
 -- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) counts the statement
 -- triggers that will fire; the last of them to finish drops the notes, so a statement run inside another
--- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an unlogged table that only capture writes
--- (so a session cannot forge one), per transaction (rolled back with it); a masked column is noted by a
--- digest of its text, never its value. The setting audit_private.moving only says whether to look.
+-- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an
+-- unlogged table that only capture writes (so a session cannot forge one), per transaction (rolled back
+-- with it); a masked column is noted by a digest of its text, never its value. The setting
+-- audit_private.moving only says whether to look.
 create unlogged table if not exists audit_private.capture_notes (
   tx_id      bigint  not null,
   depth      integer not null,
