@@ -12,7 +12,7 @@ beforeAll(async () => {
 afterAll(async () => server?.stop());
 
 test("every committed change is in the trail exactly, and nothing else is", async () => {
-  // A new seed each run widens what the suite covers; a failure prints it (npm run oracle -- --seed N replays it).
+  // A new seed each run widens what the suite covers; a failure prints it, and how to replay it.
   const seed = Number(process.env.ORACLE_SEED ?? Math.floor(Math.random() * 1e6));
   let unaudited = "";
   const result = await runOracle({
@@ -26,7 +26,8 @@ test("every committed change is in the trail exactly, and nothing else is", asyn
   });
   const expected = `tx ${unaudited}:\n  missing from the trail (1x): ["scratch","I",null,{"id":"999999","v":"unaudited"},null]`;
   if (result.problems.length !== 1 || result.problems[0] !== expected) {
-    throw new Error(`oracle seed ${seed}: ${result.problems.length} problem(s)\n${result.problems.slice(0, 10).join("\n")}`);
+    throw new Error(`oracle seed ${seed} (replay: npm run oracle -- --seed ${seed} --clients 4 --transactions 40, or ORACLE_SEED=${seed} npm test -- test/oracle.test.ts): ` +
+      `${result.problems.length} problem(s)\n${result.problems.slice(0, 10).join("\n")}`);
   }
   // The workload did write, commit and roll back: the comparison was not of two empty sets.
   expect(result.committed).toBeGreaterThan(80);
