@@ -14,12 +14,12 @@ as $$
   where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
   union all
   -- A tracked table whose capture triggers were dropped or disabled.
-  select case when tt.triggers_installed < 4 then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
+  select case when tt.triggers_installed < tt.triggers_expected then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
          format('%I.%I', tt.schema_name, tt.table_name),
-         format('%s of 4 capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_active)
+         format('%s of %s capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_expected, tt.triggers_active)
   from audit.tracked_tables tt
   where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
-    and (tt.triggers_installed < 4 or tt.triggers_active < 4)
+    and (tt.triggers_installed < tt.triggers_expected or tt.triggers_active < tt.triggers_expected)
   union all
   -- A capture function that is not what this version generates for its table: edited by hand (body,
   -- settings, owner) or left by another version (the stamp in its comment: audit_private.capture_stamp).
@@ -39,7 +39,10 @@ as $$
   from pg_trigger g
   join pg_class c on c.oid = g.tgrelid
   join pg_namespace n on n.oid = c.relnamespace
-  left join audit_private.tables t on t.enabled and t.schema_name = n.nspname and t.table_name = c.relname
+  -- (on a partition, the tracked table it belongs to)
+  left join pg_class root on root.oid = coalesce(pg_partition_root(c.oid), c.oid)
+  left join pg_namespace rn on rn.oid = root.relnamespace
+  left join audit_private.tables t on t.enabled and t.schema_name = rn.nspname and t.table_name = root.relname
   where (g.tgname like '\_900\_audit\_%' or g.tgfoid::regproc::text like 'audit\_private.capture\_%')
     and not exists (select from audit_private.capture_trigger_state(t.id, g.tgrelid) s
                     where s.trigger_name = g.tgname and s.installed)

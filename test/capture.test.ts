@@ -243,6 +243,8 @@ describe("partitioned application tables", () => {
       ["INSERT", '[1, "eu"]', null],
       ["INSERT", '[2, "us"]', null],
       ["UPDATE", '[1, "us"]', { region: { old: "eu", new: "us" }, payload: { old: "a", new: "moved" } }],
+      // Straight into a partition: recorded under the tracked table (test/partitions-capture.test.ts has the rest).
+      ["DELETE", '[2, "us"]', null],
     ]);
   });
 

@@ -237,22 +237,63 @@ as $$
   from audit_private.audited_columns(tracked, target) c
 $$;
 
+-- The WHEN of _900_audit_move_new as PostgreSQL prints it back (checked by capture_trigger_state).
+create or replace function audit_private.move_new_condition()
+  returns text
+  language sql
+  immutable
+as $$ select $q$(current_setting('audit_private.moving'::text, true) = 'moved'::text)$q$ $$;
+
 -- The capture triggers a tracked table must have, by what they are: name, function, events (pg_trigger.tgtype:
--- AFTER, FOR EACH STATEMENT, one event) and transition tables. Guards and checks compare against this.
-create or replace function audit_private.expected_capture_triggers(table_id integer)
-  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text)
+-- timing, level, events), transition tables and WHEN. A partitioned table, and each of its partitions, has
+-- four more (MOVES AND PARTITIONS); the row ones on partitions are PostgreSQL's clones of the table's.
+-- Guards and checks compare against this.
+drop function if exists audit_private.expected_capture_triggers(integer);
+create or replace function audit_private.expected_capture_triggers(table_id integer, partitioned boolean default false)
+  returns table (trigger_name text, function_name text, trigger_type smallint, old_table text, new_table text, event text,
+                 row_level boolean, condition text)
   language sql
   immutable
   parallel safe
 as $$
-  values ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'insert'),
-         ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'update'),
-         ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'delete'),
-         ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'truncate')
+  select * from (values
+    ('_900_audit_insert', format('capture_insert_%s', table_id), 4::smallint, null, 'new_rows', 'after insert', false, null),
+    ('_900_audit_update', format('capture_update_%s', table_id), 16::smallint, 'old_rows', 'new_rows', 'after update', false, null),
+    ('_900_audit_delete', format('capture_delete_%s', table_id), 8::smallint, 'old_rows', null, 'after delete', false, null),
+    ('_900_audit_truncate', format('capture_truncate_%s', table_id), 32::smallint, null, null, 'after truncate', false, null)) v
+  union all
+  select * from (values
+    ('_900_audit_begin', format('capture_begin_%s', table_id), 62::smallint, null::text, null::text,
+     'before insert or update or delete or truncate', false, null::text),
+    ('_900_audit_move_mark', format('capture_move_mark_%s', table_id), 19::smallint, null, null, 'before update', true, null),
+    ('_900_audit_move_old', format('capture_move_old_%s', table_id), 11::smallint, null, null, 'before delete', true, null),
+    ('_900_audit_move_new', format('capture_move_new_%s', table_id), 5::smallint, null, null, 'after insert', true,
+     audit_private.move_new_condition())) p
+  where partitioned
 $$;
 
--- Each expected capture trigger of a table and whether it is in place exactly (right name, function, events,
--- transition tables, no WHEN, no arguments) and enabled.
+-- Whether a relation is (in) a partitioned tree, so has the partitioned set of capture triggers.
+create or replace function audit_private.in_partition_tree(target regclass)
+  returns boolean
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$ select exists (select from pg_class c where c.oid = target and (c.relkind = 'p' or c.relispartition)) $$;
+
+-- The relations capture triggers go on: the table and, if partitioned, all its partitions at every level.
+create or replace function audit_private.capture_relations(target regclass)
+  returns setof regclass
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select target
+  union
+  select t.relid from pg_partition_tree(target) t
+$$;
+
+-- Each expected capture trigger of one relation (a tracked table or one of its partitions) and whether it is
+-- in place exactly (right name, function, events, transition tables, WHEN, no arguments) and enabled.
 create or replace function audit_private.capture_trigger_state(table_id integer, target regclass)
   returns table (trigger_name text, installed boolean, enabled boolean)
   language sql
@@ -260,12 +301,23 @@ create or replace function audit_private.capture_trigger_state(table_id integer,
   set search_path = pg_catalog, pg_temp
 as $$
   select x.trigger_name, g.oid is not null, coalesce(g.tgenabled <> 'D', false)
-  from audit_private.expected_capture_triggers(table_id) x
+  from audit_private.expected_capture_triggers(table_id, audit_private.in_partition_tree(target)) x
   left join pg_trigger g
     on g.tgrelid = target and g.tgname = x.trigger_name
    and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name))
-   and g.tgtype = x.trigger_type and g.tgqual is null and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and g.tgtype = x.trigger_type and g.tgnargs = 0 and g.tgattr = ''::int2vector
+   and pg_get_expr(g.tgqual, g.tgrelid) is not distinct from x.condition
    and g.tgoldtable is not distinct from x.old_table and g.tgnewtable is not distinct from x.new_table
+$$;
+
+-- The same over a tracked table's whole tree (what audit.tracked_tables counts).
+create or replace function audit_private.capture_tree_state(table_id integer, target regclass)
+  returns table (relation regclass, trigger_name text, installed boolean, enabled boolean)
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select r, s.* from audit_private.capture_relations(target) r, audit_private.capture_trigger_state(table_id, r) s
 $$;
 
 -- Fills {{name}} slots of a template with slots->>name, in one pass: a filled-in value is never scanned for
@@ -299,12 +351,14 @@ $$;
 
 -- The CREATE FUNCTION statement of one capture function: a pure function of the table's registry row and the
 -- capture SQL, so what a table should have can be compared with what it has (capture_function_problem).
--- Owned by cartop_capture (security definer as that role: it can append audit rows, nothing else) and
--- executable by nobody else. It records only when fired, AFTER, once per statement, for its event, on the
--- table it was generated for (renames regenerate it), so attaching it anywhere else records nothing and fails
--- the write. Names and values reach it only through %I and %L, and the body is one quoted literal (no dollar
+-- Owned by cartop_capture (security definer as that role: it can append audit rows and its own notes, nothing
+-- else) and executable by nobody else. It records only when fired as generated (timing, level, one of its
+-- events) on the table it was generated for or one of that table's partitions (renames regenerate it), so
+-- attaching it anywhere else records nothing and fails the write. Row-level and BEFORE functions only take
+-- notes (MOVES AND PARTITIONS): no context, no statement number (counted after the writes). Names and values reach it only through %I and %L, and the body is one quoted literal (no dollar
 -- quoting a name could close). Settings that change how values print are pinned.
-create or replace function audit_private.capture_function_sql(function_name text, tracked audit_private.tables, event text, capture_sql text)
+create or replace function audit_private.capture_function_sql(function_name text, tracked audit_private.tables, events text[],
+                                                              capture_sql text, timing text default 'AFTER', level text default 'STATEMENT')
   returns text
   language sql
   immutable
@@ -324,27 +378,42 @@ as $$
       set intervalstyle = 'postgres'
       set extra_float_digits = 1
       set bytea_output = 'hex'
-      set lc_monetary = 'C'
-    as %L$create$, function_name, audit_private.fill_template($template$
+      set lc_monetary = 'C'%s
+    as %L$create$, function_name,
+    -- A row trigger looks up its note once per row while the statement adds thousands: a plan cached while
+    -- the notes were few must still use the indexes.
+    case when level = 'ROW' then E'\n      set enable_seqscan = off' else '' end,
+    audit_private.fill_template($template$
     -- Generated by cartop-audit for audit_private.tables id {{table_id}}; audit.enable_tracking rewrites it, do not edit.
     declare
       _at timestamptz := statement_timestamp();
       _tx bigint := txid_current();{{context_declarations}}{{statement_declarations}}
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> {{event}} or tg_table_schema <> {{schema_name}} or tg_table_name <> {{table_name}} then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', {{function_name}}, {{event}}, {{schema_name}}, {{table_name}}, tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> {{timing}} or tg_level <> {{level}} or tg_op <> all ({{events}}::text[])
+         or ((tg_table_schema <> {{schema_name}} or tg_table_name <> {{table_name}})
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = {{schema_name}} and c.relname = {{table_name}})) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          {{function_name}}, {{generated_for}}, {{schema_name}}, {{table_name}}, tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;{{context_statements}}{{statement_statements}}
       {{capture}};
-      return null;
+      return {{returns}};
     end
   $template$, jsonb_build_object(
-    'table_id', tracked.id::text, 'event', quote_literal(upper(event)), 'schema_name', quote_literal(tracked.schema_name),
-    'table_name', quote_literal(tracked.table_name), 'function_name', quote_literal(function_name),
-    'context_declarations', audit_private.context_declarations(), 'context_statements', audit_private.context_statements(),
-    'statement_declarations', audit_private.statement_number_declarations(),
-    'statement_statements', audit_private.statement_number_statements(), 'capture', capture_sql)))
+    'table_id', tracked.id::text, 'schema_name', quote_literal(tracked.schema_name), 'table_name', quote_literal(tracked.table_name),
+    'function_name', quote_literal(function_name), 'timing', quote_literal(timing), 'level', quote_literal(level),
+    'events', quote_literal((select array_agg(upper(e)) from unnest(events) e)::text),
+    -- What it was generated for, as the refusal says it: "INSERT", or e.g. "BEFORE ROW UPDATE".
+    'generated_for', quote_literal(concat_ws(' ', nullif(timing, 'AFTER'), case when level = 'ROW' then 'ROW' end,
+                                             (select string_agg(upper(e), '/') from unnest(events) e))),
+    'context_declarations', case when level = 'STATEMENT' and timing = 'AFTER' then audit_private.context_declarations() else '' end,
+    'context_statements', case when level = 'STATEMENT' and timing = 'AFTER' then audit_private.context_statements() else '' end,
+    'statement_declarations', case when level = 'STATEMENT' and timing = 'AFTER' then audit_private.statement_number_declarations() else '' end,
+    'statement_statements', case when level = 'STATEMENT' and timing = 'AFTER' then audit_private.statement_number_statements() else '' end,
+    'returns', case when level = 'ROW' and timing = 'BEFORE' then 'case tg_op when ''DELETE'' then old else new end' else 'null' end,
+    'capture', capture_sql)))
 $$;
 
 -- The columns every capture INSERT writes, and the context values (capture_function_sql's variables) it writes
@@ -367,16 +436,107 @@ as $$
   select '_user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user, _application_name'
 $$;
 
--- The INSERT, UPDATE, DELETE and TRUNCATE capture functions of one tracked table, as CREATE statements.
--- Everything known about the table is baked in: its id, name, key, columns, exclusions and masks, so a
--- statement does no lookups.
+-- MOVES AND PARTITIONS (begin). A partitioned tracked table is captured on every relation of its tree:
+-- the statement triggers sit on the table and on each partition (a statement aimed at a partition fires
+-- only that partition's statement triggers; one aimed at the table fires only the table's), all calling
+-- the table's capture functions, so a write straight into a partition is recorded under the tracked table.
+--
+-- A row an UPDATE moves to another partition is deleted from one and inserted into the other. A plain
+-- UPDATE still puts it into its UPDATE transition tables; the UPDATE action of a MERGE does not: the row
+-- goes to the DELETE/INSERT transition tables, which are read only when the MERGE has those actions too
+-- (docs/merge-partition-moves.md). So partitioned tables also get three row triggers (cloned by PostgreSQL
+-- onto every partition, present and future) that take a note of each move, in order:
+--   _900_audit_move_mark  BEFORE UPDATE that changes a partition key column: "this row (trigger depth,
+--                         partition, old key) is being updated to new key"
+--   _900_audit_move_old   BEFORE DELETE of that same row from that partition: it is moving; note its old row
+--   _900_audit_move_new   AFTER INSERT, only while a move is under way (WHEN): the new row of the move
+-- and the statement triggers read the notes: UPDATE records each move it did not see itself as one UPDATE,
+-- DELETE and INSERT leave moved rows out. _900_audit_begin (BEFORE each statement) counts the statement
+-- triggers that will fire; the last of them to finish drops the notes, so a statement run inside another
+-- (a function it calls, at the same trigger depth) leaves the outer one's notes alone. Notes live in an
+-- unlogged table that only capture writes (so a session cannot forge one), per transaction (rolled back
+-- with it); a masked column is noted by a digest of its text, never its value. The setting
+-- audit_private.moving only says whether to look.
+create unlogged table if not exists audit_private.capture_notes (
+  tx_id      bigint  not null,
+  depth      integer not null,
+  table_id   integer not null,
+  kind       text    not null check (kind in ('mark', 'move', 'insert', 'update', 'delete', 'truncate')),
+  relid      oid,
+  remaining  integer,
+  recorded   boolean not null default false,
+  old_key    jsonb,
+  new_key    jsonb,
+  row_data   jsonb,
+  old_masked jsonb,
+  new_data   jsonb,
+  new_masked jsonb
+);
+-- Row triggers find a note by key, once per row (hash: a key of any size; they write `tx_id + 0` so that
+-- the transaction's index never looks cheaper to them). Statement triggers find their transaction's notes.
+-- Every statement on a partitioned tracked table adds and removes a few notes: vacuum the dead ones often.
+drop index if exists audit_private.capture_notes_statement;
+create index if not exists capture_notes_old_key on audit_private.capture_notes using hash (old_key);
+create index if not exists capture_notes_new_key on audit_private.capture_notes using hash (new_key);
+create index if not exists capture_notes_tx on audit_private.capture_notes (tx_id);
+alter table audit_private.capture_notes set (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
+comment on table audit_private.capture_notes is
+  'Capture''s notes within one statement (rows moved between partitions, a partitioned table being truncated); never read by anything else';
+revoke all on audit_private.capture_notes from public;
+grant select, insert, update, delete on audit_private.capture_notes to cartop_capture;
+
+-- SQL for the primary key of row `row_alias` as a JSON array of its trail values (what moves are matched by).
+create or replace function audit_private.key_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select format('jsonb_build_array(%s)', string_agg(audit_private.value_sql(row_alias, k, audit_private.value_kind(a.atttypid)), ', ' order by ord))
+  from unnest(tracked.primary_key) with ordinality as u(k, ord)
+  join pg_attribute a on a.attrelid = target and a.attname = k
+$$;
+
+-- SQL for a digest of each masked column of row `row_alias` (so a move can tell whether it changed), or null.
+create or replace function audit_private.masked_digest_sql(tracked audit_private.tables, target regclass, row_alias text)
+  returns text
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case when count(*) = 0 then 'null' else audit_private.build_object_sql(array_agg(format(
+           '%L, case when num_nulls(%2$I.%1$I) = 0 then encode(sha256(convert_to(format(''%%s'', %2$I.%1$I), ''UTF8'')), ''hex'') end',
+           c.name, row_alias))) end
+  from audit_private.audited_columns(tracked, target) c
+  where c.masked
+$$;
+
+-- The delta of a noted move, from the two audited rows: the columns whose trail values differ (as text, so
+-- 1.0 -> 1.00 counts, as it does for an UPDATE) or, for masked columns, whose digests differ.
+create or replace function audit_private.move_delta(old_row jsonb, old_masked jsonb, new_row jsonb, new_masked jsonb)
+  returns jsonb
+  language sql
+  immutable
+  parallel safe
+as $$
+  select coalesce(jsonb_object_agg(n.key, n.value), '{}')
+  from jsonb_each(new_row) n
+  where (old_row -> n.key)::text is distinct from n.value::text
+     or (old_masked -> n.key) is distinct from (new_masked -> n.key)
+$$;
+
+-- MOVES AND PARTITIONS (end)
+
+-- The capture functions of one tracked table, as CREATE statements. Everything known about the table is baked
+-- in: its id, name, key, columns, exclusions and masks, so a statement does no lookups.
 --
 -- INSERT and DELETE store the audited JSON of each new or old row. UPDATE stores the old row plus the
 -- new values of the changed columns. Old and new rows are paired by their position in the transition
 -- tables (PostgreSQL fills both in the same order), so an UPDATE that changes the primary key still
 -- yields one audit row per row. A FULL JOIN cannot be planned as a nested loop, which keeps a cached plan
 -- made for one row fast for a million. OFFSET 0 stops the planner from pulling the subquery up and
--- building the JSON once per reference instead of once per row.
+-- building the JSON once per reference instead of once per row. Partitioned tables get the move handling
+-- above; other tables none of it.
 create or replace function audit_private.capture_functions_sql(tracked audit_private.tables, target regclass)
   returns table (function_name text, create_sql text)
   language plpgsql
@@ -386,34 +546,63 @@ as $$
 declare
   insert_columns constant text := audit_private.capture_insert_sql();
   context_values constant text := audit_private.capture_context_values_sql();
+  partitioned constant boolean := (select c.relkind = 'p' from pg_class c where c.oid = target);
+  -- This statement's notes (the same transaction, table and trigger depth).
+  notes constant text := format('audit_private.capture_notes m where m.tx_id = _tx and m.table_id = %s and m.depth = pg_trigger_depth()', tracked.id);
+  -- The end of a statement trigger: it is done; the statement's last one drops the statement's notes. Which
+  -- ones fire is counted by _900_audit_begin (a statement fires the BEFORE and AFTER triggers of the same
+  -- events, each once per table or partition it aims at, even with several writes to the table in WITH),
+  -- not taken from their order, which WITH can change.
+  done_sql constant text := format(
+    'update audit_private.capture_notes m set remaining = m.remaining - 1
+      where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = lower(tg_op);
+      delete from %1$s and m.kind = lower(tg_op) and m.remaining <= 0;
+      if not exists (select from %1$s and m.kind in (''insert'', ''update'', ''delete'')) then
+        delete from %1$s;
+      end if', notes, tracked.id);
   op record;
+  plain_sql text;
   update_select text;
 begin
-  for op in select * from (values ('insert', 'I', 'new_rows'), ('delete', 'D', 'old_rows')) as v(name, action, transition) loop
-    function_name := format('capture_%s_%s', op.name, tracked.id);
-    create_sql := audit_private.capture_function_sql(function_name, tracked, op.name, format(
+  for op in select * from (values ('insert', 'I', 'new_rows', 'new_key'), ('delete', 'D', 'old_rows', 'old_key')) as v(name, action, transition, note_key) loop
+    plain_sql := format(
       '%s
       select _at, _tx, _stmt, %s, %L, %s, null, r.row_data, null, %s
-      from (select %s as row_data from %I t offset 0) r',
+      from (select %s as row_data from %I t /*filter*/ offset 0) r',
       insert_columns, tracked.id, op.action, audit_private.entity_id_sql(tracked, 'r.row_data'), context_values,
-      audit_private.row_json_sql(tracked, target, 't'), op.transition));
+      audit_private.row_json_sql(tracked, target, 't'), op.transition);
+    function_name := format('capture_%s_%s', op.name, tracked.id);
+    create_sql := audit_private.capture_function_sql(function_name, tracked, array[op.name],
+      case when not partitioned then replace(plain_sql, ' /*filter*/', '')
+           -- Rows moved by a MERGE are in these transition tables too; the UPDATE capture records them.
+           else format('if exists (select from %s and m.kind = ''move'') then
+        %s;
+      else
+        %s;
+      end if',
+             -- NOT IN over a subquery: hashed once, not probed per row (keys are never null).
+             notes, replace(plain_sql, '/*filter*/', format('where %3$s not in (select m.%2$I from %1$s and m.kind = ''move'' and m.new_data is not null)',
+                                             notes, op.note_key, audit_private.key_sql(tracked, target, 't'))),
+             replace(plain_sql, ' /*filter*/', ''))
+           || ';
+      ' || done_sql end);
     return next;
   end loop;
 
-  -- UPDATE: the columns inserted are the same in both branches; only how old and new rows are paired differs.
+  -- UPDATE: the columns inserted are the same in all branches; only how old and new rows are paired differs.
   update_select := format(
     'select _at, _tx, _stmt, %s, %L, %s, case when c.delta ?| %L::text[] then %s end, c.row_data, c.delta, %s',
     tracked.id, 'U', audit_private.entity_id_sql(tracked, 'c.row_data', 'c.delta'),
     -- The key changed exactly when the delta holds a key column: then record the old entity id too.
     tracked.primary_key, audit_private.entity_id_sql(tracked, 'c.row_data'), context_values);
   function_name := format('capture_update_%s', tracked.id);
-  create_sql := audit_private.capture_function_sql(function_name, tracked, 'update', format(
-    -- No row (an UPDATE whose WHERE matched nothing): nothing to record. One row (what an API sends): pair
-    -- the two rows directly. Setting up the general pairing (two window functions and a join) on every
-    -- statement made single-row UPDATEs ~25%% slower.
+  create_sql := audit_private.capture_function_sql(function_name, tracked, array['update'], format(
+    -- No row (an UPDATE whose WHERE matched nothing): nothing to record, on a table without moves. One row
+    -- (what an API sends): pair the two rows directly. Setting up the general pairing (two window functions
+    -- and a join) on every statement made single-row UPDATEs ~25% slower.
     'case (select count(*) from (select from old_rows limit 2) s)
     when 0 then
-      return null;
+      %6$s
     when 1 then
       %1$s
       %2$s
@@ -430,16 +619,119 @@ begin
         offset 0
       ) c
       where c.delta <> ''{}''::jsonb;
-    end case',
-    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target)));
+    end case%5$s',
+    insert_columns, update_select, audit_private.row_json_sql(tracked, target, 'o'), audit_private.delta_sql(tracked, target),
+    case when partitioned then format(';
+    -- Moves: a plain UPDATE saw them (their new rows are in new_rows); a MERGE did not, so record them here.
+    if exists (select from %1$s and m.kind = ''move'' and not m.recorded) then
+      -- The last UPDATE trigger of the statement (an earlier one may belong to a statement run inside it,
+      -- before the rows of this one are complete) sees every move whole, or something went wrong.
+      if (select m.remaining from %1$s and m.kind = ''update'') = 1
+         and exists (select from %1$s and m.kind = ''move'' and m.new_data is null) then
+        raise exception ''cartop-audit: a row of %%.%% moved to another partition, but its new version was not seen (a BEFORE trigger changed its key or dropped it); refusing to write it unaudited'', tg_table_schema, tg_table_name
+          using errcode = ''triggered_action_exception'';
+      end if;
+      %2$s
+      %3$s
+      from (select m.row_data, audit_private.move_delta(m.row_data, m.old_masked, m.new_data, m.new_masked) as delta
+            from %1$s and m.kind = ''move'' and m.new_data is not null and not m.recorded
+              and m.new_key not in (select %4$s from new_rows n)
+            offset 0) c
+      where c.delta <> ''{}''::jsonb;
+      update audit_private.capture_notes m set recorded = true
+      where m.tx_id = _tx and m.table_id = %6$s and m.depth = pg_trigger_depth() and m.kind = ''move'' and m.new_data is not null;
+    end if;
+    %5$s', notes, insert_columns, update_select, audit_private.key_sql(tracked, target, 'n'), done_sql, tracked.id) else '' end,
+    case when partitioned then 'null;' else 'return null;' end));
   return next;
 
-  -- TRUNCATE: one audit row for the statement, no entity.
+  -- TRUNCATE: one audit row for the statement, no entity. A TRUNCATE of a partitioned table fires the
+  -- truncate triggers of its partitions too (all BEFORE ones, then all AFTER ones): the table's BEFORE
+  -- trigger leaves a note, and theirs find it and record nothing. A partition truncated on its own cannot
+  -- be recorded (the trigger cannot see the rows it removes), so that is refused.
   function_name := format('capture_truncate_%s', tracked.id);
-  create_sql := audit_private.capture_function_sql(function_name, tracked, 'truncate', format(
+  create_sql := audit_private.capture_function_sql(function_name, tracked, array['truncate'],
+    case when not partitioned then format(
     '%s
       values (_at, _tx, _stmt, %s, %L, null, null, null, null, %s)',
-    insert_columns, tracked.id, 'T', context_values));
+    insert_columns, tracked.id, 'T', context_values)
+    else format(
+    'if tg_table_schema = %7$L and tg_table_name = %8$L then
+      %1$s
+      values (_at, _tx, _stmt, %2$s, %3$L, null, null, null, null, %4$s);
+    elsif exists (select from %6$s and m.kind = ''truncate'') then
+      update audit_private.capture_notes m set remaining = m.remaining - 1
+      where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''truncate'';
+      delete from %6$s and m.kind = ''truncate'' and m.remaining <= 0;
+    else
+      raise exception ''cartop-audit: %% is a partition of the tracked table %%; truncating it alone would remove rows without audit rows'', tg_relid::regclass, %5$L
+        using errcode = ''feature_not_supported'',
+              hint = ''DELETE FROM the partition (recorded row by row), or TRUNCATE the whole table.'';
+    end if', insert_columns, tracked.id, 'T', context_values, format('%I.%I', tracked.schema_name, tracked.table_name), notes,
+             tracked.schema_name, tracked.table_name) end);
+  return next;
+
+  if not partitioned then
+    return;
+  end if;
+  function_name := format('capture_begin_%s', tracked.id);
+  create_sql := audit_private.capture_function_sql(function_name, tracked,
+    array['insert', 'update', 'delete', 'truncate'], format(
+    'if tg_op = ''TRUNCATE'' then
+        -- The truncate trigger of each partition counts itself off; the last one drops the note.
+        if tg_table_schema = %3$L and tg_table_name = %4$L then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining)
+          select _tx, pg_trigger_depth(), %2$s, ''truncate'', count(*) - 1 from pg_partition_tree(tg_relid) having count(*) > 1;
+        end if;
+      else
+        delete from %1$s and m.kind = ''truncate'';
+        -- Counted: a statement run inside this one (a function it calls) fires its own at the same depth.
+        update audit_private.capture_notes m set remaining = m.remaining + 1
+        where m.tx_id = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = lower(tg_op);
+        if not found then
+          insert into audit_private.capture_notes (tx_id, depth, table_id, kind, remaining) values (_tx, pg_trigger_depth(), %2$s, lower(tg_op), 1);
+        end if;
+      end if;
+      perform set_config(''audit_private.moving'', '''', true)', notes, tracked.id, tracked.schema_name, tracked.table_name), 'BEFORE');
+  return next;
+  -- Only a row whose partition key columns change (compared as text: no user operator) can move.
+  select coalesce(string_agg(format('(%1$I.%3$I is null) <> (%2$I.%3$I is null) or format(''%%s'', %1$I.%3$I) <> format(''%%s'', %2$I.%3$I)',
+                                    'old', 'new', k), ' or '), 'false')
+    into plain_sql
+  from (
+    select distinct a.attname as k
+    from audit_private.capture_relations(target) r
+    join pg_partitioned_table p on p.partrelid = r
+    join pg_attribute a on a.attrelid = r and a.attnum > 0 and not a.attisdropped
+     and (a.attnum = any (p.partattrs::int2[]) or p.partexprs is not null) -- expressions: any column may feed them
+  ) c;
+  function_name := format('capture_move_mark_%s', tracked.id);
+  create_sql := audit_private.capture_function_sql(function_name, tracked, array['update'], format(
+    'if %s then
+        insert into audit_private.capture_notes (tx_id, depth, table_id, kind, relid, old_key, new_key)
+        values (_tx, pg_trigger_depth(), %s, ''mark'', tg_relid, %s, %s);
+        perform set_config(''audit_private.moving'', ''mark'', true);
+      end if',
+    plain_sql, tracked.id, audit_private.key_sql(tracked, target, 'old'), audit_private.key_sql(tracked, target, 'new')), 'BEFORE', 'ROW');
+  return next;
+  function_name := format('capture_move_old_%s', tracked.id);
+  create_sql := audit_private.capture_function_sql(function_name, tracked, array['delete'], format(
+    'if coalesce(current_setting(''audit_private.moving'', true), '''') <> '''' then
+        update audit_private.capture_notes m set kind = ''move'', row_data = %3$s, old_masked = %4$s
+        where m.tx_id + 0 = _tx and m.table_id = %2$s and m.depth = pg_trigger_depth() and m.kind = ''mark''
+          and m.relid = tg_relid and m.old_key = %1$s;
+        perform set_config(''audit_private.moving'', case when found then ''moved'' else ''mark'' end, true);
+      end if',
+    audit_private.key_sql(tracked, target, 'old'), tracked.id, audit_private.row_json_sql(tracked, target, 'old'),
+    audit_private.masked_digest_sql(tracked, target, 'old')), 'BEFORE', 'ROW');
+  return next;
+  function_name := format('capture_move_new_%s', tracked.id);
+  create_sql := audit_private.capture_function_sql(function_name, tracked, array['insert'], format(
+    'update audit_private.capture_notes m set new_data = %s, new_masked = %s
+      where m.tx_id + 0 = _tx and m.table_id = %s and m.depth = pg_trigger_depth()
+        and m.kind = ''move'' and m.new_data is null and m.new_key = %s',
+    audit_private.row_json_sql(tracked, target, 'new'), audit_private.masked_digest_sql(tracked, target, 'new'),
+    tracked.id, audit_private.key_sql(tracked, target, 'new')), 'AFTER', 'ROW');
   return next;
 end
 $$;
@@ -509,9 +801,11 @@ begin
 end
 $$;
 
--- (Re)creates the capture triggers of one tracked table from its registry row. CREATE OR REPLACE TRIGGER:
--- nothing is dropped (so no DROP TRIGGER event to tell apart from an attack), a disabled trigger comes back
--- enabled, a look-alike under our name is replaced.
+-- (Re)creates the capture triggers of one tracked table from its registry row, on the table and each of
+-- its partitions (row triggers on the table only: PostgreSQL clones them onto the partitions, and onto
+-- partitions created or attached later). CREATE OR REPLACE TRIGGER: nothing is dropped (so no DROP TRIGGER
+-- event to tell apart from an attack), a disabled trigger comes back enabled, a look-alike under our name
+-- is replaced.
 create or replace function audit_private.attach_capture(tracked audit_private.tables, target regclass)
   returns void
   language plpgsql
@@ -519,34 +813,44 @@ create or replace function audit_private.attach_capture(tracked audit_private.ta
   set search_path = pg_catalog, pg_temp
 as $$
 declare
+  partitioned constant boolean := audit_private.in_partition_tree(target);
   x record;
   rel record;
 begin
-  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
   perform audit_private.write_capture_functions(tracked, target);
-  for x in select * from audit_private.expected_capture_triggers(tracked.id) loop
-    execute format('create or replace trigger %I after %s on %I.%I %s for each statement execute function audit_private.%I()',
-      x.trigger_name, x.event, rel.nspname, rel.relname,
-      case when x.old_table is null and x.new_table is null then ''
-           else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
-                              || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
-      x.function_name);
+  for rel in
+    select r.oid, n.nspname, r.relname, r.oid = target as is_root
+    from audit_private.capture_relations(target) t join pg_class r on r.oid = t join pg_namespace n on n.oid = r.relnamespace
+  loop
+    for x in select * from audit_private.expected_capture_triggers(tracked.id, partitioned) e where rel.is_root or not e.row_level loop
+      execute format('create or replace trigger %I %s on %I.%I %s for each %s %s execute function audit_private.%I()',
+        x.trigger_name, x.event, rel.nspname, rel.relname,
+        case when x.old_table is null and x.new_table is null then ''
+             else 'referencing' || case when x.old_table is not null then format(' old table as %I', x.old_table) else '' end
+                                || case when x.new_table is not null then format(' new table as %I', x.new_table) else '' end end,
+        case when x.row_level then 'row' else 'statement' end,
+        case when x.condition is not null then format('when %s', x.condition) else '' end,
+        x.function_name);
+    end loop;
   end loop;
   -- A copy of a capture trigger under another name (made where no event trigger refused it) would capture
-  -- twice: remove it, now that the real ones are in place.
+  -- twice, and one left on a partition since detached would fail its writes: remove them, now that the real
+  -- ones are in place.
   for x in
-    select g.tgname from pg_trigger g
-    where g.tgrelid = target and not g.tgisinternal
-      and exists (select from audit_private.expected_capture_triggers(tracked.id) e
-                  where e.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name)))
+    select g.tgname, n.nspname, c.relname from pg_trigger g join pg_class c on c.oid = g.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not g.tgisinternal and g.tgparentid = 0
+      and exists (select from audit_private.expected_capture_triggers(tracked.id, true) e
+                  where g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name))
+                    and (e.trigger_name <> g.tgname or g.tgrelid not in (select audit_private.capture_relations(target))))
   loop
-    execute format('drop trigger %I on %I.%I', x.tgname, rel.nspname, rel.relname);
+    execute format('drop trigger %I on %I.%I', x.tgname, x.nspname, x.relname);
   end loop;
 end
 $$;
 
--- Removes the capture triggers of a table (by what they are, whatever their name: any trigger running one
--- of its capture functions or holding a capture trigger's name).
+-- Removes the capture triggers of a table and its partitions (by what they are, whatever their name: any
+-- trigger running one of its capture functions or holding a capture trigger's name; clones go with the
+-- table's own).
 create or replace function audit_private.detach_capture(table_id integer, target regclass)
   returns void
   language plpgsql
@@ -554,17 +858,16 @@ create or replace function audit_private.detach_capture(table_id integer, target
   set search_path = pg_catalog, pg_temp
 as $$
 declare
-  trigger_name text;
-  rel record;
+  x record;
 begin
-  select n.nspname, c.relname into rel from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = target;
-  for trigger_name in
-    select g.tgname from pg_trigger g
-    where g.tgrelid = target and not g.tgisinternal
-      and exists (select from audit_private.expected_capture_triggers(table_id) x
-                  where g.tgname = x.trigger_name or g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
+  for x in
+    select g.tgname, n.nspname, c.relname from pg_trigger g join pg_class c on c.oid = g.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not g.tgisinternal and g.tgparentid = 0
+      and exists (select from audit_private.expected_capture_triggers(table_id, true) e
+                  where g.tgfoid = to_regprocedure(format('audit_private.%I()', e.function_name))
+                     or (g.tgname = e.trigger_name and g.tgrelid in (select audit_private.capture_relations(target))))
   loop
-    execute format('drop trigger %I on %I.%I', trigger_name, rel.nspname, rel.relname);
+    execute format('drop trigger %I on %I.%I', x.tgname, x.nspname, x.relname);
   end loop;
 end
 $$;
@@ -717,8 +1020,9 @@ begin
   if target is not null then
     perform audit_private.detach_capture(tracked.id, target);
   end if;
-  execute (select string_agg(format('drop function if exists audit_private.%I()', x.function_name), '; ')
-           from audit_private.expected_capture_triggers(tracked.id) x);
+  execute (select string_agg(format('drop function audit_private.%I()', x.function_name), '; ')
+           from audit_private.expected_capture_triggers(tracked.id, true) x
+           where to_regprocedure(format('audit_private.%I()', x.function_name)) is not null);
 end
 $$;
 
@@ -771,7 +1075,8 @@ revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) 
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
--- What is tracked, and whether its four capture triggers are in place and enabled.
+-- What is tracked, and whether its capture triggers (4 on a table; on a partitioned one 8, on it and on each
+-- of its partitions) are in place and enabled.
 create or replace view audit.tracked_tables as
 select
   t.schema_name,
@@ -783,16 +1088,18 @@ select
   coalesce(tr.installed, 0) as triggers_installed,
   coalesce(tr.active, 0) as triggers_active,
   t.created_at,
-  t.updated_at
+  t.updated_at,
+  coalesce(tr.expected, 0) as triggers_expected -- last: create or replace view can only add columns at the end
 from audit_private.tables t
 left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
-         count(*) filter (where s.installed and s.enabled)::integer as active
-  from audit_private.capture_trigger_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
+         count(*) filter (where s.installed and s.enabled)::integer as active,
+         count(*)::integer as expected
+  from audit_private.capture_tree_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
-  'Tables under audit (or once audited): options, and how many of the 4 capture triggers exist exactly as installed (function, events, transition tables) and are enabled';
+  'Tables under audit (or once audited): options, and how many of their capture triggers (triggers_expected: 4 on a table, 8 on a partitioned table and on each partition) exist exactly as installed (function, events, transition tables) and are enabled';
 
 -- Schema changes must not break capture: after ALTER TABLE on a tracked table, rewrite its capture so
 -- new columns are compared and dropped ones forgotten. If an excluded or masked column disappeared
@@ -808,6 +1115,10 @@ declare
   tracked audit_private.tables;
   missing text[];
 begin
+  -- A partition (created, attached, altered, renamed): its tracked table's capture covers it.
+  if (select c.relispartition from pg_class c where c.oid = target) then
+    target := pg_partition_root(target);
+  end if;
   select t.* into tracked
   from audit_private.tables t
   join pg_class c on c.relname = t.table_name
@@ -816,9 +1127,11 @@ begin
   if tracked.id is null then
     -- Renamed (ALTER TABLE … RENAME TO or SET SCHEMA): its capture triggers still call the functions named
     -- after its registry id. The registry follows the table, and so does its history in audit.log.
+    -- (A table holding capture triggers of a table that still exists under its name is a partition
+    -- detached from it: refreshing that table, which the same command does, removes them.)
     select t.* into tracked
     from audit_private.tables t
-    where t.enabled and exists (
+    where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null and exists (
       select from pg_trigger g
       where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
@@ -873,11 +1186,11 @@ begin
   from audit_private.tables t
   join pg_class c on c.relname = t.table_name
   join pg_namespace n on n.oid = c.relnamespace and n.nspname = t.schema_name
-  where c.oid = g.tgrelid and t.enabled;
+  where c.oid = coalesce(pg_partition_root(g.tgrelid), g.tgrelid) and t.enabled;
   if tracked_id is null then
     return; -- untracked tables are none of our business (audit.coverage reports look-alikes there)
   end if;
-  if exists (select from audit_private.expected_capture_triggers(tracked_id) x
+  if exists (select from audit_private.expected_capture_triggers(tracked_id, true) x
              where x.trigger_name <> g.tgname and g.tgfoid = to_regprocedure(format('audit_private.%I()', x.function_name)))
      or exists (select from audit_private.capture_trigger_state(tracked_id, g.tgrelid) s
                 where s.trigger_name = g.tgname and not s.installed) then
@@ -940,6 +1253,13 @@ begin
     -- themselves, not along with their table.
     where (o.object_type = 'table' and not o.is_temporary) or (o.object_type = 'trigger' and o.original)
   loop
+    if dropped.object_type = 'trigger' then
+      -- A trigger dropped from a partition: the partition's tracked table is the one to check.
+      select n.nspname, c.relname into dropped.schema_name, dropped.table_name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.oid = coalesce(pg_partition_root(to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name))),
+                             to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name)));
+    end if;
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
     continue when tracked_id is null;
@@ -950,7 +1270,7 @@ begin
     else
       target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
       continue when target is null
-        or not exists (select from audit_private.capture_trigger_state(tracked_id, target) s where not s.installed);
+        or not exists (select from audit_private.capture_tree_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
         using hint = format('To stop auditing the table: select audit.disable_tracking(%L)', target);
       perform audit_private.refresh_tracking(target);
@@ -974,7 +1294,8 @@ begin
   if (select rolsuper from pg_roles where rolname = current_user) then
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
-      when tag in ('ALTER TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+      -- CREATE TABLE: a partition created in a tracked table gets its capture triggers.
+      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop

@@ -31,8 +31,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'DELETE' or tg_table_schema <> 'app' or tg_table_name <> 'products' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_delete_2', 'DELETE', 'app', 'products', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{DELETE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_delete_2', 'DELETE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -69,7 +73,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 c01ecfcc761dc4c0ea16b73a87416165cd26404d27226ddf070b67866c844eba; definition sha256 ab25e9ced9eda107d0de7b05429fe7771d64fd9152db443d112c45ba4e7c0bfe';
+comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 94e3c05e987a53d9608c4d39c57a114c512d74be87b7e129fd88691cb875d558; definition sha256 609d0b0bba5661b8b32a41c0a68da2c5566fb7f3f5793fad17f51b36572fc79f';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_2()
@@ -104,8 +108,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'INSERT' or tg_table_schema <> 'app' or tg_table_name <> 'products' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_insert_2', 'INSERT', 'app', 'products', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{INSERT}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_insert_2', 'INSERT', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -142,7 +150,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 1aace9ae6f12c6a77097c5e5ebf3154fafe53f624ce51f0683c044e5a6b41b0b; definition sha256 2c4da132b6f4d91ecaf2c43b6d9d08d7a6acf2cf81b5b59c1b753624c4dec1d6';
+comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 71bbaacbf018606bf1b36fe02c1fa88de9d63d0d675a1946d7f224cca181c6b9; definition sha256 3caa7c3d5a811d7f012520aa3d879d497d1b20cba369ad35e9b028a7f4297fda';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_2()
@@ -177,8 +185,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'TRUNCATE' or tg_table_schema <> 'app' or tg_table_name <> 'products' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_truncate_2', 'TRUNCATE', 'app', 'products', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{TRUNCATE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_truncate_2', 'TRUNCATE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -213,7 +225,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 569e7b7040be3472682b0beb8e62f2213f15d2cc1dfa30ad50dcea112780f800; definition sha256 25072ba591e61b0983674ce4f9da52042d88621adc3b92ee4a85dc4f22660285';
+comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 28de70186045ad279da8149f7c35b92c696bf0401eec782be371632e10e77e0b; definition sha256 5f16cf1d5548e928ebec3226688149d5e934b12b9098d8a22b70d6c235b6dd53';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_update_2()
@@ -248,8 +260,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'UPDATE' or tg_table_schema <> 'app' or tg_table_name <> 'products' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_update_2', 'UPDATE', 'app', 'products', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{UPDATE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_update_2', 'UPDATE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -319,7 +335,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 fe0d2a5a1f56f0f4bd47743e3c7f5d40c66722a754d0210f55894a66dfb7d398; definition sha256 e3c5a92d296b227d3f77035fb7286ccc34ebf26d4fc3521d9bb36dc5cabbaadc';
+comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 cfe474e08c67bd93e97ab6a492393ccbb084728bec0faa87234f4ebbcb90009f; definition sha256 53cf73c643e88fa2ed163e44eb30988c9b74e79cf0443ecd8cfa14143a3605bf';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_delete_1()
@@ -354,8 +370,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'DELETE' or tg_table_schema <> 'app' or tg_table_name <> 'users' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_delete_1', 'DELETE', 'app', 'users', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{DELETE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_delete_1', 'DELETE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -391,7 +411,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 a655ed7789d63aceea79ab44291d87393f0bbce1a6724652f32e4f8cb36e72b1; definition sha256 366bad25c1ae23f019006fb1d68cd6e2e773c174b1c8d4520f682d72a4aff5d5';
+comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 a2c05611d0e3440f494063416eb9c0d0c160c5825813f0d370529ccd970a4d86; definition sha256 9cb17a4c72cc98537169b1404ae769e8164de9a5fe3b0f9006837dacdc716180';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_1()
@@ -426,8 +446,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'INSERT' or tg_table_schema <> 'app' or tg_table_name <> 'users' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_insert_1', 'INSERT', 'app', 'users', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{INSERT}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_insert_1', 'INSERT', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -463,7 +487,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 dccbf7693ec807731b212c0cebe356145bec772bab3d2efd9fb8f860c0adced9; definition sha256 16daa7c1d558d1e519e020518058e6f55021a93addf778ef6a5e47cf6bea87e4';
+comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 d86e36c48456b4134758c9c01ea8fa2bdf92b3019ed1227adb2ada3c66795fa3; definition sha256 8c6b759f6e3cab0be7315849aa4671d27dfa3a7d3a007ae89d642c5e56485670';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_1()
@@ -498,8 +522,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'TRUNCATE' or tg_table_schema <> 'app' or tg_table_name <> 'users' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_truncate_1', 'TRUNCATE', 'app', 'users', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{TRUNCATE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_truncate_1', 'TRUNCATE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -534,7 +562,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 dba1d4096959bdb4bfc04b332fa7203f9809e6ef0433ffd8ad1d8f896b9a6d51; definition sha256 dcf1184533bd186b394ccc7855909ca67d9c5621b2ad4f1336d5faac11e4ee54';
+comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 322b47c1e31c9009184cb45c2b326f06b8a1488bc1b77d18af83256b2ec6815a; definition sha256 9a6a32baf518eabc182adc656fce76b33cafc3b09506fd5a00d9c296c9e94d26';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_update_1()
@@ -569,8 +597,12 @@ AS $function$
       _stmt_key text := concat(statement_timestamp(), '/', tg_relid, '/', pg_stat_get_xact_blocks_fetched(tg_relid));
       _stmt_state text := current_setting('audit_private.statement', true);
     begin
-      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> 'UPDATE' or tg_table_schema <> 'app' or tg_table_name <> 'users' then
-        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%', 'capture_update_1', 'UPDATE', 'app', 'users', tg_when, tg_op, tg_table_schema, tg_table_name
+      if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{UPDATE}'::text[])
+         or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
+             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+        raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
+          'capture_update_1', 'UPDATE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
                 hint = 'Capture functions run only from the triggers audit.enable_tracking installs; re-run audit.enable_tracking after renaming a table where no event trigger does it.';
       end if;
@@ -634,4 +666,4 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 f6c4f597cc5303e704e5145dfe1314bef25a16727f2347be35350d5669d52b3e; definition sha256 aa98b78ce0c5a16c972552d63cd3bedb4271af48dc77086e2e39518511e8e681';
+comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 7181f6baeabc8ec4a74c34c64b7db5652d67ecdba1bcb1af1c651c39e9aa5105; definition sha256 9934723ae277b151c5317130461f47b4795c23d7c590332f41d72d1c35a1d00d';
