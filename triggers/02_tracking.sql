@@ -349,6 +349,19 @@ begin
 end
 $$;
 
+-- Whether relation `relid` is a partition (at any level) of the table schema_name.table_name. A function, so the
+-- capture guard stays a simple expression (a subquery in it made every capture run it as a query: ~80k
+-- instructions per statement), and it runs only when the names differ, i.e. on partitions.
+create or replace function audit_private.partition_root_is(relid oid, schema_name text, table_name text)
+  returns boolean
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                 where c.oid = pg_partition_root(relid) and n.nspname = schema_name and c.relname = table_name)
+$$;
+
 -- The CREATE FUNCTION statement of one capture function: a pure function of the table's registry row and the
 -- capture SQL, so what a table should have can be compared with what it has (capture_function_problem).
 -- Owned by cartop_capture (security definer as that role: it can append audit rows and its own notes, nothing
@@ -391,8 +404,7 @@ as $$
     begin
       if tg_when <> {{timing}} or tg_level <> {{level}} or tg_op <> all ({{events}}::text[])
          or ((tg_table_schema <> {{schema_name}} or tg_table_name <> {{table_name}})
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = {{schema_name}} and c.relname = {{table_name}})) then
+             and not audit_private.partition_root_is(tg_relid, {{schema_name}}, {{table_name}})) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           {{function_name}}, {{generated_for}}, {{schema_name}}, {{table_name}}, tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',

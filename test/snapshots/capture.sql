@@ -33,8 +33,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{DELETE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'products')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_delete_2', 'DELETE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -73,7 +72,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 94e3c05e987a53d9608c4d39c57a114c512d74be87b7e129fd88691cb875d558; definition sha256 609d0b0bba5661b8b32a41c0a68da2c5566fb7f3f5793fad17f51b36572fc79f';
+comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 b07f266d8cbc1ad63bbc0ca6703592f6f9bd04b8380eddd1accec701a7055703; definition sha256 b98a176a68fefaa540c1bedc289f5affc4014c030891a6632962078d3ffdc93a';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_2()
@@ -110,8 +109,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{INSERT}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'products')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_insert_2', 'INSERT', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -150,7 +148,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 71bbaacbf018606bf1b36fe02c1fa88de9d63d0d675a1946d7f224cca181c6b9; definition sha256 3caa7c3d5a811d7f012520aa3d879d497d1b20cba369ad35e9b028a7f4297fda';
+comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 a0e790ee0a77993a31af59d9665ff32a0c9e59bcb7fd3dd12eacc207696cb280; definition sha256 426095fb6b1daebd2052d4a2169765d0bc34747d38b4f5e927cb9f8c1fea57c3';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_2()
@@ -187,8 +185,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{TRUNCATE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'products')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_truncate_2', 'TRUNCATE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -225,7 +222,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 28de70186045ad279da8149f7c35b92c696bf0401eec782be371632e10e77e0b; definition sha256 5f16cf1d5548e928ebec3226688149d5e934b12b9098d8a22b70d6c235b6dd53';
+comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 7b691296c889a5583137c2b10749678797a3cc0cea6fdcf5af97b34a63346ae4; definition sha256 3ef2ca808f5b9fd6ee921af557631cd04976e6ca6ddec5dfb40e2ece23fa7e67';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_update_2()
@@ -262,8 +259,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{UPDATE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'products')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'products')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'products')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_update_2', 'UPDATE', 'app', 'products', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -335,7 +331,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 cfe474e08c67bd93e97ab6a492393ccbb084728bec0faa87234f4ebbcb90009f; definition sha256 53cf73c643e88fa2ed163e44eb30988c9b74e79cf0443ecd8cfa14143a3605bf';
+comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 3598f81e3e5621e90ba06effee4ce6362dc5ab33be50ef499cb67cd54f5570c9; definition sha256 e662ca7dfa352d736e781c2d8de647e566921c674ae687a9cb97d31752704fa7';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_delete_1()
@@ -372,8 +368,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{DELETE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'users')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_delete_1', 'DELETE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -411,7 +406,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 a2c05611d0e3440f494063416eb9c0d0c160c5825813f0d370529ccd970a4d86; definition sha256 9cb17a4c72cc98537169b1404ae769e8164de9a5fe3b0f9006837dacdc716180';
+comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 687aafac17cd8e79b77b6f32df8b26e26b7238d14d8ac5ad12bc1e111d341ccd; definition sha256 eab528389c1363f6fe9ebfcc17f7b69318732c8b558c3edf321d70bb896e026b';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_1()
@@ -448,8 +443,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{INSERT}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'users')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_insert_1', 'INSERT', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -487,7 +481,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 d86e36c48456b4134758c9c01ea8fa2bdf92b3019ed1227adb2ada3c66795fa3; definition sha256 8c6b759f6e3cab0be7315849aa4671d27dfa3a7d3a007ae89d642c5e56485670';
+comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 c96920acfc01c56974dbfdc271870b129ccf1e469486fe38af725c28107d827d; definition sha256 3fb4404e953e16d302fd8d92886c113dda2eb5a73e7d5c69d3c7a167f148c2f4';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_1()
@@ -524,8 +518,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{TRUNCATE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'users')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_truncate_1', 'TRUNCATE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -562,7 +555,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 322b47c1e31c9009184cb45c2b326f06b8a1488bc1b77d18af83256b2ec6815a; definition sha256 9a6a32baf518eabc182adc656fce76b33cafc3b09506fd5a00d9c296c9e94d26';
+comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 d67a159c0bb117b536d622a062930a6b3a5efbd84d700e1782af3e6f4697d696; definition sha256 fbf05dcdf7ccee7a46531ffe35e0525e3d284e22c25fbe84b2970a14f8abac74';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_update_1()
@@ -599,8 +592,7 @@ AS $function$
     begin
       if tg_when <> 'AFTER' or tg_level <> 'STATEMENT' or tg_op <> all ('{UPDATE}'::text[])
          or ((tg_table_schema <> 'app' or tg_table_name <> 'users')
-             and not exists (select from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                             where c.oid = pg_partition_root(tg_relid) and n.nspname = 'app' and c.relname = 'users')) then
+             and not audit_private.partition_root_is(tg_relid, 'app', 'users')) then
         raise exception 'audit_private.%: generated for % on %.%, fired % % on %.%',
           'capture_update_1', 'UPDATE', 'app', 'users', tg_when, case when tg_level = 'ROW' then 'ROW ' else '' end || tg_op, tg_table_schema, tg_table_name
           using errcode = 'insufficient_privilege',
@@ -666,4 +658,4 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 7181f6baeabc8ec4a74c34c64b7db5652d67ecdba1bcb1af1c651c39e9aa5105; definition sha256 9934723ae277b151c5317130461f47b4795c23d7c590332f41d72d1c35a1d00d';
+comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 1d9753c7c41730807e339c0e46f31cfbd0ed44ccffe206e716c39d0baac44aee; definition sha256 1550e7f57dc28d828f0e958a04324214d61a4466171c58370a6e994d5f6f4f90';
