@@ -55,13 +55,18 @@ const generated = (from: string, to: string) => `
   from generate_series(${from}, ${to}) g`;
 const updateSet = "price = price + 1, stock = stock + 1, updated_at = updated_at + interval '1 second'";
 
-/** The settings an API request sets (src/graphql: pgSettings), one statement, transaction-local. */
+/**
+ * The settings an API request sets (src/graphql/preset.ts pgSettingsFor), plus metadata, one statement,
+ * transaction-local; with the marker the API and audit.set_context leave once they checked ip and metadata.
+ */
 function context(): string {
-  const setting = (name: string, value: string) => `set_config('audit.${name}', '${value}', true)`;
+  const setting = (name: string, value: string) => `set_config('${name}', '${value}', true)`;
+  const ip = "203.0.113.7";
+  const metadata = '{"operation": "updateProduct"}';
   return `select ${[
-    setting("user_id", "u-42"), setting("user_email", "ada@example.com"), setting("ip_address", "203.0.113.7"),
-    setting("user_agent", "Mozilla/5.0 (X11; Linux x86_64) bench"), setting("request_id", randomUUID()),
-    setting("metadata", '{"operation": "updateProduct"}'),
+    setting("audit.user_id", "u-42"), setting("audit.user_email", "ada@example.com"), setting("audit.ip_address", ip),
+    setting("audit.user_agent", "Mozilla/5.0 (X11; Linux x86_64) bench"), setting("audit.request_id", randomUUID()),
+    setting("audit.metadata", metadata), setting("audit_private.context_checked", `${ip}|${metadata}`),
   ].join(", ")}`;
 }
 
