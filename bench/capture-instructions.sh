@@ -55,7 +55,7 @@ vacuum analyze;
 SQL
 as_pg "$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null
 # The API's context (src/graphql/preset.ts pgSettingsFor), plus metadata as set_context checks it.
-ctx="select set_config('audit.user_id', 'u-42', true), set_config('audit.user_email', 'ada@example.com', true), set_config('audit.ip_address', '203.0.113.7', true), set_config('audit.user_agent', 'Mozilla/5.0 (X11; Linux x86_64) bench', true), set_config('audit.request_id', 'b1946ac9-2f5d-4b2e-9bd1-6ee0f7a5a7d3', true), set_config('audit.metadata', '{\"operation\": \"updateProduct\"}', true), set_config('audit_private.context_checked', '203.0.113.7|{\"operation\": \"updateProduct\"}', true)"
+ctx="select set_config('audit.user_id', 'u-42', true), set_config('audit.user_email', 'ada@example.com', true), set_config('audit.ip_address', '203.0.113.7', true), set_config('audit.user_agent', 'Mozilla/5.0 (X11; Linux x86_64) bench', true), set_config('audit.request_id', 'b1946ac9-2f5d-4b2e-9bd1-6ee0f7a5a7d3', true), set_config('audit.metadata', '{\"operation\": \"updateProduct\"}', true), set_config('audit_private.context_checked', '11:203.0.113.7|{\"operation\": \"updateProduct\"}', true)"
 set_clause="price = price + 1, stock = stock + 1, updated_at = updated_at + interval '1 second'"
 script() { # table, transactions, rows per statement
   for i in $(seq "$2"); do

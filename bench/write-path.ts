@@ -66,7 +66,7 @@ function context(): string {
   return `select ${[
     setting("audit.user_id", "u-42"), setting("audit.user_email", "ada@example.com"), setting("audit.ip_address", ip),
     setting("audit.user_agent", "Mozilla/5.0 (X11; Linux x86_64) bench"), setting("audit.request_id", randomUUID()),
-    setting("audit.metadata", metadata), setting("audit_private.context_checked", `${ip}|${metadata}`),
+    setting("audit.metadata", metadata), setting("audit_private.context_checked", `${ip.length}:${ip}|${metadata}`),
   ].join(", ")}`;
 }
 

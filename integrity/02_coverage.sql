@@ -1,7 +1,10 @@
 -- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
 -- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
 -- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
-create or replace function audit.coverage_problems(months_ahead integer default null)
+-- capture_outdated regenerates every tracked table's capture to compare it (~7 ms a table): doctor and the worker
+-- ask for it (check_capture); the view, which auditors and the explorer read, does not.
+drop function if exists audit.coverage_problems(integer) cascade;
+create or replace function audit.coverage_problems(months_ahead integer default null, check_capture boolean default false)
   returns table (check_name text, object text, problem text)
   language sql
   stable
@@ -11,14 +14,14 @@ as $$
   select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
          format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
   from audit_private.tables t
-  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
+  where t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is null
   union all
   -- A tracked table whose capture triggers were dropped or disabled.
   select case when tt.triggers_installed < tt.triggers_expected then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
          format('%I.%I', tt.schema_name, tt.table_name),
          format('%s of %s capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_expected, tt.triggers_active)
   from audit.tracked_tables tt
-  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
+  where tt.enabled and audit_private.table_by_name(tt.schema_name, tt.table_name) is not null
     and (tt.triggers_installed < tt.triggers_expected or tt.triggers_active < tt.triggers_expected)
   union all
   -- A capture function that is not what this version generates for its table: edited by hand (body,
@@ -27,8 +30,8 @@ as $$
          format('%s; regenerate with: select audit.enable_tracking(%L)', audit_private.capture_function_problem(f.function_name, f.create_sql),
                 format('%I.%I', t.schema_name, t.table_name))
   from audit_private.tables t
-  cross join lateral audit_private.capture_functions_sql(t, to_regclass(format('%I.%I', t.schema_name, t.table_name))) f
-  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is not null
+  cross join lateral audit_private.capture_functions_sql(t, audit_private.table_by_name(t.schema_name, t.table_name)) f
+  where check_capture and t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is not null
     and audit_private.capture_function_problem(f.function_name, f.create_sql) is not null
   union all
   -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
@@ -70,7 +73,7 @@ as $$
   where s.first_unsealed < (now() at time zone 'UTC')::date - 1
 $$;
 
-comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, outdated capture functions, missing partitions, rows in the default partition, unsealed days); empty when healthy';
+comment on function audit.coverage_problems(integer, boolean) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, outdated capture functions, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
 create or replace view audit.coverage as select * from audit.coverage_problems();
 comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
@@ -79,5 +82,6 @@ comment on column audit.coverage.object is 'The table, trigger or partition conc
 comment on column audit.coverage.problem is 'What is wrong';
 
 grant select on audit.coverage to cartop_auditor;
-grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+revoke all on function audit.coverage_problems(integer, boolean) from public;
+grant execute on function audit.coverage_problems(integer, boolean) to cartop_auditor;
 grant select on audit_private.partition_horizon to cartop_auditor;

@@ -138,7 +138,7 @@ declare
   s audit.revert_step := row(step, target.id, target.tx_id, target.statement_number, target.entity_schema,
     target.entity_name, target.entity_id, target.action, null, null, null, null, null, null, false)::audit.revert_step;
   tracked record;
-  rel regclass := to_regclass(format('%I.%I', target.entity_schema, target.entity_name));
+  rel regclass := audit_private.table_by_name(target.entity_schema, target.entity_name);
   key_columns text;      -- "k1, k2", quoted
   key_fields text;       -- "r.k1, r.k2", quoted
   key_now jsonb;         -- the key the change left the row under
@@ -320,7 +320,7 @@ begin
       ),
       depths as (
         select c.entity_schema, c.entity_name,
-               audit_private.foreign_key_depth(to_regclass(format('%I.%I', c.entity_schema, c.entity_name))) as depth
+               audit_private.foreign_key_depth(audit_private.table_by_name(c.entity_schema, c.entity_name)) as depth
         from (select distinct entity_schema, entity_name from chosen) c
       ),
       runs as (

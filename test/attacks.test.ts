@@ -327,6 +327,26 @@ describe("finding 4: a table owner cannot remove capture without trace", () => {
     expect(await state()).toEqual({ triggers_installed: 4, triggers_active: 4 });
   });
 
+  test("renaming its schema first does not hide the table from the guards: a dropped capture trigger comes back", async () => {
+    await as(owner, async (c) => {
+      await c.query(`create schema own_ren; create table own_ren.r (id int primary key)`);
+    });
+    await db.pool.query(`select audit.enable_tracking('own_ren.r')`);
+    await as(owner, async (c, notices) => {
+      await c.query(`alter schema own_ren rename to own_ren2`);
+      await c.query(`drop trigger _900_audit_insert on own_ren2.r`);
+      expect(notices).toEqual(["WARNING: cartop-audit: a capture trigger of own_ren2.r, which is tracked, was dropped; capture was re-attached"]);
+      await c.query(`insert into own_ren2.r values (42)`);
+      await c.query(`alter schema own_ren2 rename to own_ren`);
+      await c.query(`insert into own_ren.r values (43)`);
+    });
+    const { rows } = await db.pool.query(
+      `select entity_schema, entity_id from audit.log where entity_name = 'r' and action = 'INSERT' order by id`);
+    expect(rows).toEqual([{ entity_schema: "own_ren", entity_id: "42" }, { entity_schema: "own_ren", entity_id: "43" }]);
+    expect((await db.pool.query(`select schema_name, triggers_installed, triggers_active from audit.tracked_tables where table_name = 'r'`)).rows)
+      .toEqual([{ schema_name: "own_ren", triggers_installed: 4, triggers_active: 4 }]);
+  });
+
   test("where no event trigger fires (a superuser in replica mode), audit.coverage sees a renamed trigger and a look-alike by what they are", async () => {
     await db.pool.query(`set session_replication_role = replica;
       alter trigger _900_audit_insert on own.t rename to hidden;

@@ -203,6 +203,15 @@ describe("checked context: no subtransaction on the API's path", () => {
     expect(await contextOf("zone id")).toMatchObject({ ip_address: null, metadata: { invalid_context: { "audit.ip_address": "fe80::1%eth0" } } });
   });
 
+  test("two different (ip, metadata) pairs never read as the same marker: values set_config changed after set_context are checked", async () => {
+    // "1.2.3.4/32" + "|" + '{"a": "b|c"}' and "1.2.3.4/32|{"a": "b" + "|" + 'c"}' would concatenate alike.
+    expect(await calls({}, `select audit.set_context(ip_address => '1.2.3.4', metadata => '{"a": "b|c"}');
+      select set_config('audit.ip_address', '1.2.3.4/32|{"a": "b', true), set_config('audit.metadata', 'c"}', true);
+      insert into public.notes (body) values ('ambiguous marker')`)).toEqual({ capture: 1, checking: 1 });
+    expect(await contextOf("ambiguous marker")).toMatchObject({
+      ip_address: null, metadata: { invalid_context: { "audit.ip_address": '1.2.3.4/32|{"a": "b', "audit.metadata": 'c"}' } } });
+  });
+
   test("a forged marker for a value that does not parse fails only the forger's own write", async () => {
     const client = await db.pool.connect();
     try {

@@ -220,3 +220,16 @@ test("audit.coverage checks the premake horizon the deployment keeps, for audito
     await fresh.drop();
   }
 });
+
+test("a table owner's quote_all_identifiers does not make regenerated capture look outdated", async () => {
+  const client = await db.pool.connect();
+  try {
+    await client.query("set quote_all_identifiers = on");
+    await client.query("alter table public.guarded add column quoted_everywhere int");
+  } finally {
+    await client.query("reset quote_all_identifiers");
+    client.release();
+  }
+  const { rows } = await db.pool.query(`select * from audit.coverage_problems(check_capture => true) where check_name = 'capture_outdated'`);
+  expect(rows).toEqual([]);
+});

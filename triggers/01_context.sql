@@ -34,7 +34,8 @@ as $$
 $$;
 
 -- The marker that says ip_address and metadata were checked when they were set (by audit.set_context or the
--- API): the text "ip|metadata" (no hash: md5 is refused on FIPS servers). Capture then casts them without a
+-- API): the text "<length of ip>:ip|metadata" (the length keeps two different pairs from reading the same; no
+-- hash: md5 is refused on FIPS servers). Capture then casts them without a
 -- subtransaction. The marker is not a trust boundary: a session that forges it for values that do not parse
 -- only makes its own writes fail.
 create or replace function audit_private.context_checked_marker(raw_ip text, raw_metadata text)
@@ -43,7 +44,7 @@ create or replace function audit_private.context_checked_marker(raw_ip text, raw
   immutable
   parallel safe
 as $$
-  select concat(raw_ip, '|', raw_metadata)
+  select concat(length(raw_ip), ':', raw_ip, '|', raw_metadata)
 $$;
 
 -- ip_address and metadata as typed values, for settings nobody checked (set with set_config): the casts run in

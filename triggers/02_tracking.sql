@@ -23,6 +23,19 @@ create table if not exists audit_private.tables (
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
 
+-- A tracked table by the name the registry holds, or null: looked up in the catalog, not by to_regclass, which
+-- needs USAGE on the schema (an auditor reading audit.coverage need not have it). The one registry lookup.
+create or replace function audit_private.table_by_name(schema_name text, table_name text)
+  returns regclass
+  language sql
+  stable
+  parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select c.oid::regclass from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where n.nspname = schema_name and c.relname = table_name
+$$;
+
 -- Generator functions of earlier versions, replaced by the ones below under other signatures.
 drop function if exists audit_private.row_json_sql(audit_private.tables, text, text[]);
 drop function if exists audit_private.write_capture_function(text, regclass, text);
@@ -376,6 +389,8 @@ create or replace function audit_private.capture_function_sql(function_name text
   language sql
   immutable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select format($create$create or replace function audit_private.%I()
       returns trigger
@@ -554,6 +569,8 @@ create or replace function audit_private.capture_functions_sql(tracked audit_pri
   language plpgsql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
 declare
   insert_columns constant text := audit_private.capture_insert_sql();
@@ -756,6 +773,8 @@ create or replace function audit_private.capture_stamp(create_sql text, function
   language sql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select format('cartop-audit capture; generator sha256 %s; definition sha256 %s',
     encode(sha256(convert_to(create_sql, 'UTF8')), 'hex'), encode(sha256(convert_to(pg_get_functiondef(function_oid), 'UTF8')), 'hex'))
@@ -766,6 +785,8 @@ create or replace function audit_private.capture_function_problem(function_name 
   language sql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select case
     when p.oid is null then 'missing'
@@ -784,6 +805,8 @@ create or replace function audit_private.write_capture_function(function_name te
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
 declare
   fn oid;
@@ -1028,7 +1051,7 @@ begin
   update audit_private.tables set enabled = false, updated_at = now()
    where id = tracked_id
   returning * into tracked;
-  target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
+  target := audit_private.table_by_name(tracked.schema_name, tracked.table_name);
   if target is not null then
     perform audit_private.detach_capture(tracked.id, target);
   end if;
@@ -1107,7 +1130,7 @@ left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
          count(*) filter (where s.installed and s.enabled)::integer as active,
          count(*)::integer as expected
-  from audit_private.capture_tree_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
+  from audit_private.capture_tree_state(t.id, audit_private.table_by_name(t.schema_name, t.table_name)) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
@@ -1143,7 +1166,7 @@ begin
     -- detached from it: refreshing that table, which the same command does, removes them.)
     select t.* into tracked
     from audit_private.tables t
-    where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null and exists (
+    where t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is null and exists (
       select from pg_trigger g
       where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
@@ -1229,9 +1252,15 @@ begin
   for cmd in
     select distinct classid, objid from pg_event_trigger_ddl_commands()
     where (classid = 'pg_class'::regclass and object_type in ('table', 'table column')) or classid = 'pg_trigger'::regclass
+       or classid = 'pg_namespace'::regclass
   loop
     if cmd.classid = 'pg_trigger'::regclass then
       perform audit_private.check_trigger(cmd.objid);
+    elsif cmd.classid = 'pg_namespace'::regclass then
+      -- A schema renamed: its tracked tables' registry rows follow them (else the guards, which know a
+      -- tracked table by its name, would not recognise it until the next enable_tracking).
+      perform audit_private.refresh_tracking(c.oid::regclass)
+      from pg_class c where c.relnamespace = cmd.objid and c.relkind in ('r', 'p') and not c.relispartition;
     elsif exists (select from pg_class c where c.oid = cmd.objid and c.relpersistence <> 't') then
       perform audit_private.refresh_tracking(cmd.objid::regclass);
     end if;
@@ -1269,8 +1298,8 @@ begin
       -- A trigger dropped from a partition: the partition's tracked table is the one to check.
       select n.nspname, c.relname into dropped.schema_name, dropped.table_name
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
-      where c.oid = coalesce(pg_partition_root(to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name))),
-                             to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name)));
+      where c.oid = coalesce(pg_partition_root(audit_private.table_by_name(dropped.schema_name, dropped.table_name)),
+                             audit_private.table_by_name(dropped.schema_name, dropped.table_name));
     end if;
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
@@ -1280,7 +1309,7 @@ begin
         dropped.schema_name, dropped.table_name;
       perform audit_private.end_tracking(tracked_id);
     else
-      target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+      target := audit_private.table_by_name(dropped.schema_name, dropped.table_name);
       continue when target is null
         or not exists (select from audit_private.capture_tree_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
@@ -1307,7 +1336,7 @@ begin
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
       -- CREATE TABLE: a partition created in a tracked table gets its capture triggers.
-      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'ALTER SCHEMA')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop
@@ -1327,8 +1356,8 @@ declare
   target regclass;
 begin
   for target in
-    select to_regclass(format('%I.%I', schema_name, table_name)) from audit_private.tables
-    where enabled and to_regclass(format('%I.%I', schema_name, table_name)) is not null
+    select audit_private.table_by_name(schema_name, table_name) from audit_private.tables
+    where enabled and audit_private.table_by_name(schema_name, table_name) is not null
   loop
     begin
       perform audit_private.refresh_tracking(target);

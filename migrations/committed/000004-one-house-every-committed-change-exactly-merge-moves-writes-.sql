@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:7dce69c3442233e813960dcc8a7102a058b38e42
+--! Hash: sha1:3add5957a06dec8399ff480df7335a42fd1ffbfd
 --! Message: one house, every committed change exactly (MERGE moves, writes into partitions), checked context, stamped capture
 
 -- source: base/01_schemas_and_roles.sql
@@ -576,7 +576,8 @@ as $$
 $$;
 
 -- The marker that says ip_address and metadata were checked when they were set (by audit.set_context or the
--- API): the text "ip|metadata" (no hash: md5 is refused on FIPS servers). Capture then casts them without a
+-- API): the text "<length of ip>:ip|metadata" (the length keeps two different pairs from reading the same; no
+-- hash: md5 is refused on FIPS servers). Capture then casts them without a
 -- subtransaction. The marker is not a trust boundary: a session that forges it for values that do not parse
 -- only makes its own writes fail.
 create or replace function audit_private.context_checked_marker(raw_ip text, raw_metadata text)
@@ -585,7 +586,7 @@ create or replace function audit_private.context_checked_marker(raw_ip text, raw
   immutable
   parallel safe
 as $$
-  select concat(raw_ip, '|', raw_metadata)
+  select concat(length(raw_ip), ':', raw_ip, '|', raw_metadata)
 $$;
 
 -- ip_address and metadata as typed values, for settings nobody checked (set with set_config): the casts run in
@@ -819,6 +820,19 @@ create table if not exists audit_private.tables (
 
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+
+-- A tracked table by the name the registry holds, or null: looked up in the catalog, not by to_regclass, which
+-- needs USAGE on the schema (an auditor reading audit.coverage need not have it). The one registry lookup.
+create or replace function audit_private.table_by_name(schema_name text, table_name text)
+  returns regclass
+  language sql
+  stable
+  parallel safe
+  set search_path = pg_catalog, pg_temp
+as $$
+  select c.oid::regclass from pg_class c join pg_namespace n on n.oid = c.relnamespace
+  where n.nspname = schema_name and c.relname = table_name
+$$;
 
 -- Generator functions of earlier versions, replaced by the ones below under other signatures.
 drop function if exists audit_private.row_json_sql(audit_private.tables, text, text[]);
@@ -1173,6 +1187,8 @@ create or replace function audit_private.capture_function_sql(function_name text
   language sql
   immutable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select format($create$create or replace function audit_private.%I()
       returns trigger
@@ -1351,6 +1367,8 @@ create or replace function audit_private.capture_functions_sql(tracked audit_pri
   language plpgsql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
 declare
   insert_columns constant text := audit_private.capture_insert_sql();
@@ -1553,6 +1571,8 @@ create or replace function audit_private.capture_stamp(create_sql text, function
   language sql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select format('cartop-audit capture; generator sha256 %s; definition sha256 %s',
     encode(sha256(convert_to(create_sql, 'UTF8')), 'hex'), encode(sha256(convert_to(pg_get_functiondef(function_oid), 'UTF8')), 'hex'))
@@ -1563,6 +1583,8 @@ create or replace function audit_private.capture_function_problem(function_name 
   language sql
   stable
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
   select case
     when p.oid is null then 'missing'
@@ -1581,6 +1603,8 @@ create or replace function audit_private.write_capture_function(function_name te
   language plpgsql
   volatile
   set search_path = pg_catalog, pg_temp
+  -- %I and pg_get_functiondef follow it: a session's quote_all_identifiers must not change a stamp.
+  set quote_all_identifiers = off
 as $$
 declare
   fn oid;
@@ -1825,7 +1849,7 @@ begin
   update audit_private.tables set enabled = false, updated_at = now()
    where id = tracked_id
   returning * into tracked;
-  target := to_regclass(format('%I.%I', tracked.schema_name, tracked.table_name));
+  target := audit_private.table_by_name(tracked.schema_name, tracked.table_name);
   if target is not null then
     perform audit_private.detach_capture(tracked.id, target);
   end if;
@@ -1904,7 +1928,7 @@ left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
          count(*) filter (where s.installed and s.enabled)::integer as active,
          count(*)::integer as expected
-  from audit_private.capture_tree_state(t.id, to_regclass(format('%I.%I', t.schema_name, t.table_name))) s
+  from audit_private.capture_tree_state(t.id, audit_private.table_by_name(t.schema_name, t.table_name)) s
 ) tr on true;
 
 comment on view audit.tracked_tables is
@@ -1940,7 +1964,7 @@ begin
     -- detached from it: refreshing that table, which the same command does, removes them.)
     select t.* into tracked
     from audit_private.tables t
-    where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null and exists (
+    where t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is null and exists (
       select from pg_trigger g
       where g.tgrelid = target and g.tgfoid = to_regprocedure(format('audit_private.capture_insert_%s()', t.id)));
     if tracked.id is null then
@@ -2026,9 +2050,15 @@ begin
   for cmd in
     select distinct classid, objid from pg_event_trigger_ddl_commands()
     where (classid = 'pg_class'::regclass and object_type in ('table', 'table column')) or classid = 'pg_trigger'::regclass
+       or classid = 'pg_namespace'::regclass
   loop
     if cmd.classid = 'pg_trigger'::regclass then
       perform audit_private.check_trigger(cmd.objid);
+    elsif cmd.classid = 'pg_namespace'::regclass then
+      -- A schema renamed: its tracked tables' registry rows follow them (else the guards, which know a
+      -- tracked table by its name, would not recognise it until the next enable_tracking).
+      perform audit_private.refresh_tracking(c.oid::regclass)
+      from pg_class c where c.relnamespace = cmd.objid and c.relkind in ('r', 'p') and not c.relispartition;
     elsif exists (select from pg_class c where c.oid = cmd.objid and c.relpersistence <> 't') then
       perform audit_private.refresh_tracking(cmd.objid::regclass);
     end if;
@@ -2066,8 +2096,8 @@ begin
       -- A trigger dropped from a partition: the partition's tracked table is the one to check.
       select n.nspname, c.relname into dropped.schema_name, dropped.table_name
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
-      where c.oid = coalesce(pg_partition_root(to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name))),
-                             to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name)));
+      where c.oid = coalesce(pg_partition_root(audit_private.table_by_name(dropped.schema_name, dropped.table_name)),
+                             audit_private.table_by_name(dropped.schema_name, dropped.table_name));
     end if;
     select t.id into tracked_id from audit_private.tables t
     where t.enabled and t.schema_name = dropped.schema_name and t.table_name = dropped.table_name;
@@ -2077,7 +2107,7 @@ begin
         dropped.schema_name, dropped.table_name;
       perform audit_private.end_tracking(tracked_id);
     else
-      target := to_regclass(format('%I.%I', dropped.schema_name, dropped.table_name));
+      target := audit_private.table_by_name(dropped.schema_name, dropped.table_name);
       continue when target is null
         or not exists (select from audit_private.capture_tree_state(tracked_id, target) s where not s.installed);
       raise warning 'cartop-audit: a capture trigger of %, which is tracked, was dropped; capture was re-attached', target
@@ -2104,7 +2134,7 @@ begin
     drop event trigger if exists audit_refresh_after_ddl;
     create event trigger audit_refresh_after_ddl on ddl_command_end
       -- CREATE TABLE: a partition created in a tracked table gets its capture triggers.
-      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+      when tag in ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER', 'ALTER SCHEMA')
       execute function audit_private.tg__refresh_after_ddl();
     drop event trigger if exists audit_capture_after_drop;
     create event trigger audit_capture_after_drop on sql_drop
@@ -2124,8 +2154,8 @@ declare
   target regclass;
 begin
   for target in
-    select to_regclass(format('%I.%I', schema_name, table_name)) from audit_private.tables
-    where enabled and to_regclass(format('%I.%I', schema_name, table_name)) is not null
+    select audit_private.table_by_name(schema_name, table_name) from audit_private.tables
+    where enabled and audit_private.table_by_name(schema_name, table_name) is not null
   loop
     begin
       perform audit_private.refresh_tracking(target);
@@ -2657,7 +2687,7 @@ declare
   s audit.revert_step := row(step, target.id, target.tx_id, target.statement_number, target.entity_schema,
     target.entity_name, target.entity_id, target.action, null, null, null, null, null, null, false)::audit.revert_step;
   tracked record;
-  rel regclass := to_regclass(format('%I.%I', target.entity_schema, target.entity_name));
+  rel regclass := audit_private.table_by_name(target.entity_schema, target.entity_name);
   key_columns text;      -- "k1, k2", quoted
   key_fields text;       -- "r.k1, r.k2", quoted
   key_now jsonb;         -- the key the change left the row under
@@ -2839,7 +2869,7 @@ begin
       ),
       depths as (
         select c.entity_schema, c.entity_name,
-               audit_private.foreign_key_depth(to_regclass(format('%I.%I', c.entity_schema, c.entity_name))) as depth
+               audit_private.foreign_key_depth(audit_private.table_by_name(c.entity_schema, c.entity_name)) as depth
         from (select distinct entity_schema, entity_name from chosen) c
       ),
       runs as (
@@ -3111,7 +3141,10 @@ comment on function audit.sealable_days(interval) is 'Finished UTC days not seal
 -- Capture coverage: the silent failures of a trigger-based audit, as rows an operator (or
 -- `cartop-audit doctor`) can see. Empty means healthy. months_ahead defaults to the horizon the deployment keeps
 -- (audit_private.partition_horizon: what the worker last premade with AUDIT_PREMAKE_MONTHS).
-create or replace function audit.coverage_problems(months_ahead integer default null)
+-- capture_outdated regenerates every tracked table's capture to compare it (~7 ms a table): doctor and the worker
+-- ask for it (check_capture); the view, which auditors and the explorer read, does not.
+drop function if exists audit.coverage_problems(integer) cascade;
+create or replace function audit.coverage_problems(months_ahead integer default null, check_capture boolean default false)
   returns table (check_name text, object text, problem text)
   language sql
   stable
@@ -3121,14 +3154,14 @@ as $$
   select 'tracked_table_missing', format('%I.%I', t.schema_name, t.table_name),
          format('tracked, but the table does not exist; to end its tracking: select audit.disable_tracking(%L, %L)', t.schema_name, t.table_name)
   from audit_private.tables t
-  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is null
+  where t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is null
   union all
   -- A tracked table whose capture triggers were dropped or disabled.
   select case when tt.triggers_installed < tt.triggers_expected then 'capture_trigger_missing' else 'capture_trigger_disabled' end,
          format('%I.%I', tt.schema_name, tt.table_name),
          format('%s of %s capture triggers installed, %s enabled', tt.triggers_installed, tt.triggers_expected, tt.triggers_active)
   from audit.tracked_tables tt
-  where tt.enabled and to_regclass(format('%I.%I', tt.schema_name, tt.table_name)) is not null
+  where tt.enabled and audit_private.table_by_name(tt.schema_name, tt.table_name) is not null
     and (tt.triggers_installed < tt.triggers_expected or tt.triggers_active < tt.triggers_expected)
   union all
   -- A capture function that is not what this version generates for its table: edited by hand (body,
@@ -3137,8 +3170,8 @@ as $$
          format('%s; regenerate with: select audit.enable_tracking(%L)', audit_private.capture_function_problem(f.function_name, f.create_sql),
                 format('%I.%I', t.schema_name, t.table_name))
   from audit_private.tables t
-  cross join lateral audit_private.capture_functions_sql(t, to_regclass(format('%I.%I', t.schema_name, t.table_name))) f
-  where t.enabled and to_regclass(format('%I.%I', t.schema_name, t.table_name)) is not null
+  cross join lateral audit_private.capture_functions_sql(t, audit_private.table_by_name(t.schema_name, t.table_name)) f
+  where check_capture and t.enabled and audit_private.table_by_name(t.schema_name, t.table_name) is not null
     and audit_private.capture_function_problem(f.function_name, f.create_sql) is not null
   union all
   -- A trigger that looks like ours but is not: a capture trigger's name or a capture function, anywhere,
@@ -3180,7 +3213,7 @@ as $$
   where s.first_unsealed < (now() at time zone 'UTC')::date - 1
 $$;
 
-comment on function audit.coverage_problems(integer) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, outdated capture functions, missing partitions, rows in the default partition, unsealed days); empty when healthy';
+comment on function audit.coverage_problems(integer, boolean) is 'Problems in audit capture coverage (missing/disabled/foreign triggers, outdated capture functions, missing partitions, rows in the default partition, unsealed days); empty when healthy';
 
 create or replace view audit.coverage as select * from audit.coverage_problems();
 comment on view audit.coverage is 'Problems in audit capture coverage, against the premake horizon the deployment keeps; empty when healthy';
@@ -3189,7 +3222,8 @@ comment on column audit.coverage.object is 'The table, trigger or partition conc
 comment on column audit.coverage.problem is 'What is wrong';
 
 grant select on audit.coverage to cartop_auditor;
-grant execute on function audit.coverage_problems(integer) to cartop_auditor;
+revoke all on function audit.coverage_problems(integer, boolean) from public;
+grant execute on function audit.coverage_problems(integer, boolean) to cartop_auditor;
 grant select on audit_private.partition_horizon to cartop_auditor;
 
 -- source: operations/01_task_runs.sql

@@ -67,8 +67,8 @@ export function pgSettingsFor(identity: RequestIdentity, statementTimeoutMs = AP
   if (identity.ip) settings["audit.ip_address"] = identity.ip;
   if (identity.userAgent) settings["audit.user_agent"] = identity.userAgent;
   // Checked here, so capture casts it without a subtransaction (audit_private.context_checked_marker:
-  // "ip|metadata"; the API sets no metadata).
-  if (identity.ip && isInetText(identity.ip)) settings["audit_private.context_checked"] = `${identity.ip}|`;
+  // "<length of ip>:ip|metadata"; the API sets no metadata; an address is ASCII, so lengths agree).
+  if (identity.ip && isInetText(identity.ip)) settings["audit_private.context_checked"] = `${identity.ip.length}:${identity.ip}|`;
   return settings;
 }
 
