@@ -16,6 +16,7 @@ import {
 import { exportParquet } from "./parquet.ts";
 import { putThrough, type ArchiveStore } from "./store.ts";
 import { SQLSTATE, sqlstateOf } from "../db/sqlstate.ts";
+import { FILE_WRITTEN } from "./status.ts";
 
 export type ArchiveStep = "exported" | "verified" | "detached" | "archived";
 
@@ -255,7 +256,7 @@ interface ArchiveRecord {
 async function archiveRecord(db: pg.Pool | pg.PoolClient, month: string): Promise<ArchiveRecord | null> {
   const { rows } = await db.query(
     `select status, rows, sha256, first_created_at, last_created_at, parquet_sha256, schema_version from audit.archives
-      where month = $1 and status <> 'exporting'`, [month]);
+      where month = $1 and status = any($2)`, [month, FILE_WRITTEN]);
   const row = rows[0];
   if (!row) return null;
   const iso = (t: Date | null) => (t ? t.toISOString() : null);

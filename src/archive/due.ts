@@ -5,6 +5,7 @@
 import type pg from "pg";
 import { sealDays, type Seal } from "../seals/seals.ts";
 import { archiveMonth, type ArchiveOptions, type ArchiveResult } from "./archive.ts";
+import { ARCHIVE_UNFINISHED } from "./status.ts";
 
 export interface DueOptions extends Omit<ArchiveOptions, "onRows"> {
   /** Months entirely older than this many months before the current one. */
@@ -31,11 +32,11 @@ export async function archiveDue(pool: pg.Pool, options: DueOptions): Promise<Du
     `with due as (
        select m as month, false as unfinished from audit.archivable_months($1) as m
        union
-       select month, true from audit.archives where status in ('verified', 'detached'))
+       select month, true from audit.archives where status = any($2))
      select to_char(month, 'YYYY-MM-DD') as month, bool_or(unfinished) as unfinished,
             (select to_char(max(day), 'YYYY-MM-DD') from audit.seals) as sealed_through
        from due group by month order by month`,
-    [options.olderThanMonths]);
+    [options.olderThanMonths, ARCHIVE_UNFINISHED]);
 
   const result: DueResult = { sealed, archived: [], skipped: [] };
   for (const { month, unfinished, sealed_through } of rows) {

@@ -7,6 +7,7 @@ import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { sealDays, verifySeals } from "../seals/seals.ts";
 import { day, jsonOption, withDatabase } from "./context.ts";
 import { printResult, printRows, progress, snakeCase, type OutputOptions } from "./output.ts";
+import { ARCHIVED } from "../archive/status.ts";
 
 /** `seal` lists at most this many days; a longer run is summarised. */
 const SEAL_ROWS_LISTED = 10;
@@ -20,7 +21,7 @@ export function addIntegrityCommands(program: Command): void {
       const problems = await withDatabase(async (pool, config) => {
         const rows = await coverageProblems(pool, config.premakeMonths);
         const { rows: archived } = await pool.query<{ month: string }>(
-          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = 'archived' order by month");
+          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = any($1) order by month", [ARCHIVED]);
         const store = openArchiveStore(config);
         for (const { month } of archived) {
           const result = await verifyArchive(pool, month, { store });

@@ -9,6 +9,7 @@ import { readConfig } from "../config.ts";
 import { exclusively, MAINTENANCE_LOCK } from "../db/locks.ts";
 import { jsonOption, month, nonNegativeInteger, withDatabase } from "./context.ts";
 import { phasedProgress, printResult, printRows, progress, type OutputOptions } from "./output.ts";
+import { FILE_WRITTEN } from "../archive/status.ts";
 
 export function addPartitionCommands(program: Command): void {
   const partitions = program.command("partitions").description("monthly partitions of the audit trail");
@@ -122,7 +123,7 @@ export function addPartitionCommands(program: Command): void {
     .action(async (first: string | undefined, options: OutputOptions) => {
       const failed = await withDatabase(async (pool, config) => {
         const months = first ? [first] : (await pool.query<{ month: string }>(
-          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status <> 'exporting' order by month")).rows.map((r) => r.month);
+          "select to_char(month, 'YYYY-MM-DD') as month from audit.archives where status = any($1) order by month", [FILE_WRITTEN])).rows.map((r) => r.month);
         const results = [];
         const store = openArchiveStore(config);
         for (const m of months) results.push(await verifyArchive(pool, m, { store }));

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import type pg from "pg";
 import { columnsMismatch, storedColumns } from "../db/storedColumns.ts";
 import type { ArchiveStore } from "../archive/store.ts";
+import { ROWS_OUT_OF_DATABASE } from "../archive/status.ts";
 
 /**
  * The stored columns each seal format digests, in order. A column added to storage needs a new format (sealing
@@ -200,7 +201,7 @@ export async function verifySeals(pool: pg.Pool, options: VerifyOptions): Promis
   const seals = await sealsInDatabase(pool);
   const files = await sealsInFiles(options.store);
   const { rows: archived } = await pool.query<{ month: string }>(
-    "select to_char(month, 'YYYY-MM') as month from audit.archives where status in ('detached', 'archived')");
+    "select to_char(month, 'YYYY-MM') as month from audit.archives where status = any($1)", [ROWS_OUT_OF_DATABASE]);
   const archivedMonths = new Set(archived.map((r) => r.month));
 
   let previous: Seal | undefined;
