@@ -116,7 +116,8 @@ async function gql(api: RunningServer, query: string, bearer?: string) {
 const productRows = (api: RunningServer, bearer: string) =>
   gql(api, `{ auditLogs(filter: { entityName: { equalTo: "products" } }) { totalCount } }`, bearer);
 
-(standbyPossible ? describe : describe.skip)("audit reads on a streaming standby", () => {
+// In CI (whose machine has PostgreSQL 15's binaries) missing binaries fail the file rather than skip it.
+(standbyPossible || process.env.CI ? describe : describe.skip)("audit reads on a streaming standby", () => {
   test("trail queries read the standby, mutations write the primary, and row-level security holds there too", async () => {
     const created = await gql(tolerant, `mutation { createProduct(input: { product: { name: "Lamp", price: "5" } }) { product { rowId } } }`, token("u-1", "user"));
     expect(created.body.errors).toBeUndefined();
