@@ -29,6 +29,20 @@ $$;
 -- else. Never a superuser, never granted to a login (see SECURITY.md).
 alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
 
+-- Reads the plaintext of encrypted columns (triggers/03_sensitive.sql): auditors, granted once when the role is
+-- made, so an operator who revokes it is not overruled by the next deploy.
+do $$
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_sensitive_reader') then
+    create role cartop_sensitive_reader nologin;
+    grant cartop_sensitive_reader to cartop_auditor;
+  end if;
+end
+$$;
+
+-- pgcrypto: the keys and ciphers of encrypted columns (and the example application's password hashes).
+create extension if not exists pgcrypto;
+
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
 grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
 

@@ -7,7 +7,6 @@
 --   cartop_admin  the application's administrators: create, edit and delete any user, set any password.
 --   cartop_anonymous reads the catalogue. cartop_auditor reads the audit trail, not the application.
 
-create extension if not exists pgcrypto;
 create schema if not exists app;
 
 do $$

@@ -41,9 +41,9 @@ select
   t.table_name                                as entity_name,
   e.entity_id,
   audit_private.action_name(e.action)         as action,
-  case when e.action in ('U', 'D') then e.row_data end             as old_value,
-  audit_private.new_row(e.action, e.row_data, e.delta) as new_value,
-  case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
+  case when e.action in ('U', 'D') then v.row_data end             as old_value,
+  audit_private.new_row(e.action, v.row_data, v.delta) as new_value,
+  case when e.action = 'U' then audit_private.changes_of(v.row_data, v.delta) end as changes,
   e.user_id,
   e.user_email,
   e.ip_address,
@@ -54,7 +54,10 @@ select
   e.application_name,
   e.statement_number -- last: create or replace view can only add columns at the end
 from audit_private.log_entries e
-join audit_private.tables t on t.id = e.table_id;
+join audit_private.tables t on t.id = e.table_id
+-- Encrypted columns as the reader may see them (triggers/03_sensitive.sql); other tables pass through.
+cross join lateral (select audit_private.revealed(e.row_data, t.encrypted_columns) as row_data,
+                           audit_private.revealed(e.delta, t.encrypted_columns) as delta) v;
 
 comment on view audit.log is 'The audit trail: one row per changed row (one per TRUNCATE), append-only, partitioned by month';
 comment on column audit.log.id is 'Unique; increasing within a transaction';
@@ -85,7 +88,8 @@ revoke select on audit.tracked_tables from cartop_user;
 grant select on audit_private.log_entries, audit_private.tables to cartop_auditor;
 grant select on audit_private.log_entries to cartop_user;
 revoke select on audit_private.tables from cartop_user;
-grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
+-- encrypted_columns: which values audit.log shows as the reader may see them (never their keys or plaintext).
+grant select (id, schema_name, table_name, encrypted_columns) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
 
 -- Capture (functions owned by cartop_capture) appends rows; nothing else (everything it needs to know about

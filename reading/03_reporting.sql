@@ -9,7 +9,7 @@ select
   t.table_name                           as entity_name,
   e.entity_id,
   d.key                                  as field,
-  e.row_data -> d.key                    as old_value,
+  v.row_data -> d.key                    as old_value,
   d.value                                as new_value,
   e.user_id,
   e.user_email,
@@ -17,7 +17,10 @@ select
   e.request_id
 from audit_private.log_entries e
 join audit_private.tables t on t.id = e.table_id
-cross join lateral jsonb_each(e.delta) as d
+-- Encrypted columns as the reader may see them (triggers/03_sensitive.sql).
+cross join lateral (select audit_private.revealed(e.row_data, t.encrypted_columns) as row_data,
+                           audit_private.revealed(e.delta, t.encrypted_columns) as delta) v
+cross join lateral jsonb_each(v.delta) as d
 where e.action = 'U';
 
 comment on view audit.changes is 'One row per changed field of every audited UPDATE: who changed which field of which entity, from what to what, and when';
@@ -139,8 +142,10 @@ create or replace function audit.row_as_of(entity_name text, entity_id text, at 
 as $$
   with events as (
     -- Changes to this entity (an UPDATE that gave another row this key included).
-    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action, e.row_data, e.delta) end as state
+    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action,
+             audit_private.revealed(e.row_data, t.encrypted_columns), audit_private.revealed(e.delta, t.encrypted_columns)) end as state
     from audit_private.log_entries e
+    join audit_private.tables t on t.id = e.table_id
     where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
       and e.created_at <= at
     union all

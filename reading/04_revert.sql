@@ -19,7 +19,9 @@ create or replace function audit_private.revert_options()
   security definer
   set search_path = pg_catalog, pg_temp
 as $$
-  select t.schema_name, t.table_name, t.primary_key, t.excluded_columns, t.masked_columns
+  -- Encrypted columns count as masked here: a revert never writes a value back from the trail that its
+  -- caller may not read, nor "[encrypted]" / "[erased]" into the table.
+  select t.schema_name, t.table_name, t.primary_key, t.excluded_columns, t.masked_columns || t.encrypted_columns
   from audit_private.tables t
   where t.enabled
 $$;
@@ -188,7 +190,7 @@ begin
     bad := array(select c from unnest(tracked.excluded_columns || tracked.masked_columns) c
                   where exists (select from pg_attribute a where a.attrelid = rel and a.attname = c and a.attnum > 0 and not a.attisdropped));
     if cardinality(bad) > 0 then
-      s.problem := format('the deleted row cannot be restored exactly: the trail does not hold its column(s) %s (excluded or masked)', array_to_string(bad, ', '));
+      s.problem := format('the deleted row cannot be restored exactly: the trail does not hold its column(s) %s (excluded, masked or encrypted)', array_to_string(bad, ', '));
       s.problem_code := '0A000';
       return s;
     end if;
@@ -198,7 +200,7 @@ begin
       || (select jsonb_object_agg(c.key, c.value -> 'old') from jsonb_each(target.changes) c);
     bad := array(select c.key from jsonb_each(target.changes) c where c.key = any (tracked.masked_columns));
     if cardinality(bad) > 0 then
-      s.problem := format('masked column(s) %s changed: the trail does not hold the old value', array_to_string(bad, ', '));
+      s.problem := format('masked or encrypted column(s) %s changed: a revert does not write their old value back', array_to_string(bad, ', '));
       s.problem_code := '0A000';
       return s;
     end if;

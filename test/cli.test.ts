@@ -62,7 +62,7 @@ describe("tracking", () => {
     expect(tracked.code).toBe(0);
     expect(JSON.parse(tracked.stdout)).toEqual([{
       schema_name: "public", table_name: "widgets", primary_key: ["id"], excluded_columns: [], masked_columns: ["secret"],
-      triggers_active: 4,
+      encrypted_columns: [], subject_column: null, triggers_active: 4,
     }]);
     await db.pool.query(`insert into public.widgets values (1, 'a', 's1'); update public.widgets set name = 'b', secret = 's2'`);
     const history = await cli("history", "public.widgets", "1", "--json");
@@ -81,11 +81,25 @@ describe("tracking", () => {
     const refused = await cli("track", "public.orders", "--mask", "card_number");
     expect(refused.code).toBe(1);
     expect(refused.stderr.trim()).toBe(
-      "cartop-audit: audit.enable_tracking: public.orders would no longer exclude notes: name them again (--exclude, --mask), or add --drop-protections");
+      "cartop-audit: audit.enable_tracking: public.orders would no longer exclude notes: name them again (--exclude, --mask, --encrypt), or add --drop-protections");
     const kept = await cli("track", "public.orders", "--exclude", "notes", "--mask", "card_number", "--json");
     expect(JSON.parse(kept.stdout)[0]).toMatchObject({ excluded_columns: ["notes"], masked_columns: ["card_number"] });
     const dropped = await cli("track", "public.orders", "--mask", "card_number", "--drop-protections", "--json");
     expect(JSON.parse(dropped.stdout)[0]).toMatchObject({ excluded_columns: [], masked_columns: ["card_number"] });
+  });
+
+  test("track --encrypt keeps values under a subject's key; erase-subject destroys it and says so", async () => {
+    await db.pool.query(`create table public.patients (id int primary key, diagnosis text, patient_id text)`);
+    const tracked = await cli("track", "public.patients", "--encrypt", "diagnosis", "--subject", "patient_id", "--json");
+    expect(JSON.parse(tracked.stdout)[0]).toMatchObject({ encrypted_columns: ["diagnosis"], subject_column: "patient_id" });
+    await db.pool.query(`insert into public.patients values (1, 'flu', 'p-1')`);
+    const before = await cli("history", "public.patients", "1", "--json");
+    expect(JSON.parse(before.stdout)[0].data).toEqual({ id: 1, diagnosis: "flu", patient_id: "p-1" });
+    const erased = await cli("erase-subject", "p-1", "--json");
+    expect(erased.code).toBe(0);
+    expect(JSON.parse(erased.stdout)).toMatchObject({ subject: "p-1", keys_destroyed: 1 });
+    const after = await cli("history", "public.patients", "1", "--json");
+    expect(JSON.parse(after.stdout)[0].data).toEqual({ id: 1, diagnosis: "[erased]", patient_id: "p-1" });
   });
 
   test("a missing table is a failure (exit 1) with a message naming it", async () => {

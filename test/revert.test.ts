@@ -326,10 +326,10 @@ describe("what cannot be undone exactly is refused", () => {
 
     const masked = await inTx(`update shop.people set ssn = '999-99', name = 'Pat B' where id = 1`);
     expect((await revert(`tx_id => ${masked}`)).map((s) => [s.problem, s.problem_code]))
-      .toEqual([["masked column(s) ssn changed: the trail does not hold the old value", "0A000"]]);
+      .toEqual([["masked or encrypted column(s) ssn changed: a revert does not write their old value back", "0A000"]]);
     const deleted = await inTx(`delete from shop.people where id = 1`);
     expect((await revert(`tx_id => ${deleted}`)).map((s) => s.problem))
-      .toEqual(["the deleted row cannot be restored exactly: the trail does not hold its column(s) note, ssn (excluded or masked)"]);
+      .toEqual(["the deleted row cannot be restored exactly: the trail does not hold its column(s) note, ssn (excluded, masked or encrypted)"]);
     const refusal = await errorOf(revert(`tx_id => ${deleted}, dry_run => false, on_conflict => 'skip'`));
     expect(refusal.code).toBe("0A000");
 

@@ -91,7 +91,7 @@ describe("enable_tracking", () => {
       "audit.enable_tracking: table crm.deals has no column(s) amout",
     );
     await expect(db.pool.query(`select audit.enable_tracking('crm.deals', masked_columns => '{id}')`)).rejects.toThrow(
-      "audit.enable_tracking: primary key column(s) of crm.deals cannot be excluded or masked",
+      "audit.enable_tracking: primary key column(s) of crm.deals cannot be excluded, masked or encrypted",
     );
     await expect(db.pool.query(`select audit.enable_tracking('crm.deal_view')`)).rejects.toThrow(
       "audit.enable_tracking: crm.deal_view is not a table",
@@ -207,7 +207,7 @@ describe("calling enable_tracking again never weakens a protection by accident",
       const error = await db.pool.query(`select audit.enable_tracking('crm.orders', excluded_columns => $1, masked_columns => $2)`, [excluded, masked])
         .then(() => null, (e: Error & { code?: string; hint?: string }) => e);
       expect([error?.code, error?.message, error?.hint]).toEqual(["22023", `audit.enable_tracking: crm.orders would no longer ${wouldLose}`,
-        "Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on."]);
+        "Name them again (excluded_columns, masked_columns, encrypted_columns), or pass drop_protections => true to let their values into the trail from now on."]);
     }
     expect(await options()).toEqual({ excluded_columns: ["notes"], masked_columns: ["pin"] });
   });

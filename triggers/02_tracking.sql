@@ -22,6 +22,9 @@ create table if not exists audit_private.tables (
 
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+-- Encrypted columns (triggers/03_sensitive.sql) and the column naming each row's data subject.
+alter table audit_private.tables add column if not exists encrypted_columns text[] not null default '{}';
+alter table audit_private.tables add column if not exists subject_column text;
 
 -- A tracked table by the name the registry holds, or null: looked up in the catalog, not by to_regclass, which
 -- needs USAGE on the schema (an auditor reading audit.coverage need not have it). The one registry lookup.
@@ -172,15 +175,17 @@ as $$
 $$;
 
 -- The audited columns of a table, in order, with what capture needs to know about each.
+drop function if exists audit_private.audited_columns(audit_private.tables, regclass);
 create or replace function audit_private.audited_columns(tracked audit_private.tables, target regclass)
-  returns table (name text, kind text, changed_sql text, masked boolean)
+  returns table (name text, kind text, changed_sql text, masked boolean, encrypted boolean)
   language sql
   stable
   set search_path = pg_catalog, pg_temp
 as $$
   select a.attname::text, audit_private.value_kind(a.atttypid),
          audit_private.changed_sql(a.attname::text, a.atttypid, a.attcollation),
-         a.attname::text = any (tracked.masked_columns)
+         a.attname::text = any (tracked.masked_columns),
+         a.attname::text = any (tracked.encrypted_columns)
   from pg_attribute a
   where a.attrelid = target and a.attnum > 0 and not a.attisdropped
     and a.attname::text <> all (tracked.excluded_columns)
@@ -201,7 +206,26 @@ as $$
   ) c
 $$;
 
--- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced), from row `row_alias`.
+-- SQL for column `column_name` of row `row_alias` as the trail keeps it: the mask, the value encrypted under
+-- the key of the row's data subject (its subject column's text form), or the value.
+create or replace function audit_private.trail_value_sql(tracked audit_private.tables, row_alias text, column_name text,
+                                                         kind text, masked boolean, encrypted boolean)
+  returns text
+  language sql
+  immutable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case
+    when masked then 'audit_private.masked_value()'
+    -- jsonb_build_array(v) -> 0: the value as jsonb_build_object would put it (the same conversion, no cast).
+    when encrypted then format('audit_private.encrypted_value(case when num_nulls(%1$I.%2$I) = 0 then format(''%%s'', %1$I.%2$I) end, jsonb_build_array(%3$s) -> 0)',
+                               row_alias, tracked.subject_column, audit_private.value_sql(row_alias, column_name, kind))
+    else audit_private.value_sql(row_alias, column_name, kind)
+  end
+$$;
+
+-- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced, encrypted ones
+-- encrypted), from row `row_alias`.
 create or replace function audit_private.row_json_sql(tracked audit_private.tables, target regclass, row_alias text)
   returns text
   language sql
@@ -209,8 +233,7 @@ create or replace function audit_private.row_json_sql(tracked audit_private.tabl
   set search_path = pg_catalog, pg_temp
 as $$
   select audit_private.build_object_sql(array_agg(
-           format('%L, %s', c.name, case when c.masked then 'audit_private.masked_value()'
-                                         else audit_private.value_sql(row_alias, c.name, c.kind) end)))
+           format('%L, %s', c.name, audit_private.trail_value_sql(tracked, row_alias, c.name, c.kind, c.masked, c.encrypted))))
   from audit_private.audited_columns(tracked, target) c
 $$;
 
@@ -235,7 +258,8 @@ as $$
   end
 $$;
 
--- SQL for the UPDATE delta: the new values of the columns that changed; masked columns get the mask.
+-- SQL for the UPDATE delta: the new values of the columns that changed (compared in the clear, so an encrypted
+-- column is in the delta exactly when its value changed); masked columns get the mask.
 create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
   returns text
   language sql
@@ -244,8 +268,7 @@ create or replace function audit_private.delta_sql(tracked audit_private.tables,
 as $$
   select coalesce(string_agg(format('case when %s then jsonb_build_object(%L, %s) else ''{}''::jsonb end',
                                     c.changed_sql, c.name,
-                                    case when c.masked then 'audit_private.masked_value()'
-                                         else audit_private.value_sql('n', c.name, c.kind) end),
+                                    audit_private.trail_value_sql(tracked, 'n', c.name, c.kind, c.masked, c.encrypted)),
                              E'\n          || '), '''{}''::jsonb')
   from audit_private.audited_columns(tracked, target) c
 $$;
@@ -927,11 +950,14 @@ as $$
 $$;
 
 drop function if exists audit.enable_tracking(regclass, text[], text[]);
+drop function if exists audit.enable_tracking(regclass, text[], text[], boolean);
 create or replace function audit.enable_tracking(
   target regclass,
   excluded_columns text[] default '{}',
   masked_columns text[] default '{}',
-  drop_protections boolean default false
+  drop_protections boolean default false,
+  encrypted_columns text[] default '{}',
+  subject_column text default null
 )
   returns void
   language plpgsql
@@ -946,12 +972,14 @@ declare
   previous audit_private.tables;
   unexcluded text[];
   unmasked text[];
+  unencrypted text[];
 begin
   if target is null then
     raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
   end if;
   excluded_columns := coalesce(excluded_columns, '{}');
   masked_columns := coalesce(masked_columns, '{}');
+  encrypted_columns := coalesce(encrypted_columns, '{}');
 
   select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition, c.relpersistence
     into rel
@@ -982,18 +1010,27 @@ begin
   end if;
 
   select array_agg(c) into unknown
-  from unnest(excluded_columns || masked_columns) as c
+  from unnest(array_remove(excluded_columns || masked_columns || encrypted_columns || subject_column, null)) as c
   where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
   if unknown is not null then
     raise exception 'audit.enable_tracking: table % has no column(s) %', target, array_to_string(unknown, ', ')
       using errcode = 'undefined_column';
   end if;
-  if key_columns && (excluded_columns || masked_columns) then
-    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded or masked', target
+  if key_columns && (excluded_columns || masked_columns || encrypted_columns) then
+    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded, masked or encrypted', target
       using errcode = 'invalid_parameter_value';
   end if;
-  if excluded_columns && masked_columns then
-    raise exception 'audit.enable_tracking: a column of % cannot be both excluded and masked', target
+  if excluded_columns && masked_columns or encrypted_columns && (excluded_columns || masked_columns) then
+    raise exception 'audit.enable_tracking: a column of % can be only one of excluded, masked and encrypted', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if cardinality(encrypted_columns) > 0 and subject_column is null then
+    raise exception 'audit.enable_tracking: encrypted columns of % need a subject_column (whose value names the data subject each row belongs to)', target
+      using errcode = 'invalid_parameter_value',
+            hint = 'e.g. subject_column => ''user_id'': each subject''s values get their own key, which audit.erase_subject destroys.';
+  end if;
+  if subject_column = any (excluded_columns || masked_columns || encrypted_columns) then
+    raise exception 'audit.enable_tracking: the subject column % of % must stay in the trail in the clear', subject_column, target
       using errcode = 'invalid_parameter_value';
   end if;
 
@@ -1002,28 +1039,36 @@ begin
   if previous.id is not null and not coalesce(drop_protections, false) then
     select array_agg(c order by c) into unexcluded from unnest(previous.excluded_columns) c where c <> all (excluded_columns);
     select array_agg(c order by c) into unmasked from unnest(previous.masked_columns) c where c <> all (masked_columns || excluded_columns);
-    if unexcluded is not null or unmasked is not null then
+    -- Encrypted may become masked or excluded (less is kept), never plain.
+    select array_agg(c order by c) into unencrypted from unnest(previous.encrypted_columns) c
+      where c <> all (encrypted_columns || masked_columns || excluded_columns);
+    if unexcluded is not null or unmasked is not null or unencrypted is not null then
       raise exception 'audit.enable_tracking: % would no longer %', target,
         concat_ws(' and ',
           'exclude ' || array_to_string(unexcluded, ', '),
-          'mask ' || array_to_string(unmasked, ', '))
+          'mask ' || array_to_string(unmasked, ', '),
+          'encrypt ' || array_to_string(unencrypted, ', '))
         using errcode = 'invalid_parameter_value',
-              detail = format('Now excluded: %s; masked: %s.', previous.excluded_columns, previous.masked_columns),
-              hint = 'Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on.';
+              detail = format('Now excluded: %s; masked: %s; encrypted: %s.', previous.excluded_columns, previous.masked_columns, previous.encrypted_columns),
+              hint = 'Name them again (excluded_columns, masked_columns, encrypted_columns), or pass drop_protections => true to let their values into the trail from now on.';
     end if;
   end if;
 
-  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
-  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
+  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns, encrypted_columns, subject_column)
+  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns, encrypted_columns,
+          case when cardinality(encrypted_columns) > 0 then subject_column end)
   on conflict (schema_name, table_name) do update
     set primary_key = excluded.primary_key,
         excluded_columns = excluded.excluded_columns,
         masked_columns = excluded.masked_columns,
+        encrypted_columns = excluded.encrypted_columns,
+        subject_column = excluded.subject_column,
         enabled = true,
         updated_at = now()
     -- Called again with the same options (every deploy replays the example's calls): the row stays as it is.
-    where (t.primary_key, t.excluded_columns, t.masked_columns, t.enabled)
-          is distinct from (excluded.primary_key, excluded.excluded_columns, excluded.masked_columns, true)
+    where (t.primary_key, t.excluded_columns, t.masked_columns, t.encrypted_columns, t.subject_column, t.enabled)
+          is distinct from (excluded.primary_key, excluded.excluded_columns, excluded.masked_columns,
+                            excluded.encrypted_columns, excluded.subject_column, true)
   returning t.* into tracked;
   if tracked.id is null then
     select t.* into tracked from audit_private.tables t where t.schema_name = rel.schema_name and t.table_name = rel.table_name;
@@ -1033,8 +1078,8 @@ begin
 end
 $$;
 
-comment on function audit.enable_tracking(regclass, text[], text[], boolean) is
-  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion or mask unless drop_protections)';
+comment on function audit.enable_tracking(regclass, text[], text[], boolean, text[], text) is
+  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion, mask or encryption unless drop_protections); encrypted_columns are kept encrypted under a key per data subject (subject_column)';
 
 -- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
 -- still there) and the generated functions. The audit rows stay, and so does the registry row.
@@ -1106,7 +1151,7 @@ $$;
 
 comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
 
-revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) from public;
+revoke all on function audit.enable_tracking(regclass, text[], text[], boolean, text[], text) from public;
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
@@ -1124,7 +1169,9 @@ select
   coalesce(tr.active, 0) as triggers_active,
   t.created_at,
   t.updated_at,
-  coalesce(tr.expected, 0) as triggers_expected -- last: create or replace view can only add columns at the end
+  coalesce(tr.expected, 0) as triggers_expected, -- new columns last: create or replace view can only add at the end
+  t.encrypted_columns,
+  t.subject_column
 from audit_private.tables t
 left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
@@ -1185,7 +1232,7 @@ begin
     returning t.* into tracked;
   end if;
   select array_agg(c) into missing
-  from unnest(tracked.excluded_columns || tracked.masked_columns) as c
+  from unnest(array_remove(tracked.excluded_columns || tracked.masked_columns || tracked.encrypted_columns || tracked.subject_column, null)) as c
   where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
   if missing is not null then
     raise exception 'cartop-audit: column(s) % of % are excluded or masked from the audit trail and would no longer be', array_to_string(missing, ', '), target
@@ -1197,7 +1244,8 @@ begin
   if tracked.primary_key is not distinct from audit_private.primary_key_columns(target) then
     perform audit_private.attach_capture(tracked, target);
   else
-    perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns);
+    perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns,
+      encrypted_columns => tracked.encrypted_columns, subject_column => tracked.subject_column);
   end if;
 end
 $$;

@@ -34,6 +34,18 @@ export function addIntegrityCommands(program: Command): void {
     });
 
   program
+    .command("erase-subject")
+    .description("destroy one data subject's key: their encrypted values read [erased] everywhere from now on (recorded; cannot be undone)")
+    .argument("<subject>", "the subject's value in the tracked tables' subject column")
+    .addOption(jsonOption())
+    .action(async (subject: string, options: OutputOptions) => {
+      await withDatabase(async (pool) => {
+        const { rows } = await pool.query("select subject, erased_at, erased_by, keys_destroyed from audit.erase_subject($1)", [subject]);
+        printResult(rows[0]!, options);
+      });
+    });
+
+  program
     .command("seal")
     .description("seal every finished day not sealed yet (the worker does this hourly)")
     .addOption(jsonOption())

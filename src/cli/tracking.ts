@@ -20,22 +20,25 @@ export function addTrackingCommands(program: Command): void {
     .argument("<table>", "schema-qualified table, e.g. app.users")
     .option("--exclude <columns...>", "columns never recorded")
     .option("--mask <columns...>", "columns recorded as changed, never with their value")
-    .option("--drop-protections", "allow columns excluded or masked before to reach the trail from now on")
+    .option("--encrypt <columns...>", "columns kept encrypted under a key per data subject (needs --subject); auditors read them")
+    .option("--subject <column>", "the column whose value names each row's data subject (for --encrypt)")
+    .option("--drop-protections", "allow columns excluded, masked or encrypted before to reach the trail from now on")
     .addOption(jsonOption())
-    .action(async (table: string, options: { exclude?: string[]; mask?: string[]; dropProtections?: boolean } & OutputOptions) => {
+    .action(async (table: string, options: { exclude?: string[]; mask?: string[]; encrypt?: string[]; subject?: string; dropProtections?: boolean } & OutputOptions) => {
       await withDatabase(async (pool) => {
         try {
-          await pool.query("select audit.enable_tracking($1::regclass, $2::text[], $3::text[], $4)",
-            [table, options.exclude ?? [], options.mask ?? [], options.dropProtections === true]);
+          await pool.query(`select audit.enable_tracking($1::regclass, $2::text[], $3::text[], $4,
+                                                         encrypted_columns => $5::text[], subject_column => $6)`,
+            [table, options.exclude ?? [], options.mask ?? [], options.dropProtections === true, options.encrypt ?? [], options.subject ?? null]);
         } catch (error) {
           // The SQL hint names the SQL argument; say what to type here instead.
           if (sqlstateOf(error) === SQLSTATE.invalidParameterValue && /would no longer/.test((error as Error).message)) {
-            throw new Error(`${(error as Error).message}: name them again (--exclude, --mask), or add --drop-protections`);
+            throw new Error(`${(error as Error).message}: name them again (--exclude, --mask, --encrypt), or add --drop-protections`);
           }
           throw error;
         }
         const { rows } = await pool.query(
-          `select schema_name, table_name, primary_key, excluded_columns, masked_columns, triggers_active
+          `select schema_name, table_name, primary_key, excluded_columns, masked_columns, encrypted_columns, subject_column, triggers_active
              from audit.tracked_tables where to_regclass(format('%I.%I', schema_name, table_name)) = $1::regclass`, [table]);
         printRows(rows, options);
       });

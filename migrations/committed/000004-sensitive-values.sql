@@ -1,6 +1,6 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:3add5957a06dec8399ff480df7335a42fd1ffbfd
---! Message: one house, every committed change exactly (MERGE moves, writes into partitions), checked context, stamped capture
+--! Hash: sha1:cb7cc348861a3266ecd6b112500d19d4d2a4fe65
+--! Message: sensitive values
 
 -- source: base/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -33,6 +33,20 @@ $$;
 -- cartop_capture owns the generated capture functions (security definer): it may append audit rows, nothing
 -- else. Never a superuser, never granted to a login (see SECURITY.md).
 alter role cartop_capture nologin nosuperuser nocreatedb nocreaterole noinherit nobypassrls;
+
+-- Reads the plaintext of encrypted columns (triggers/03_sensitive.sql): auditors, granted once when the role is
+-- made, so an operator who revokes it is not overruled by the next deploy.
+do $$
+begin
+  if not exists (select from pg_catalog.pg_roles where rolname = 'cartop_sensitive_reader') then
+    create role cartop_sensitive_reader nologin;
+    grant cartop_sensitive_reader to cartop_auditor;
+  end if;
+end
+$$;
+
+-- pgcrypto: the keys and ciphers of encrypted columns (and the example application's password hashes).
+create extension if not exists pgcrypto;
 
 -- The API connects as cartop_authenticator and switches (SET ROLE) to the role its JWT selects.
 grant cartop_anonymous, cartop_user, cartop_auditor to cartop_authenticator;
@@ -820,6 +834,9 @@ create table if not exists audit_private.tables (
 
 comment on table audit_private.tables is
   'Every table ever tracked, by schema and name (never by OID, so history survives dump/restore). Rows are kept after disable_tracking so old audit rows keep their names.';
+-- Encrypted columns (triggers/03_sensitive.sql) and the column naming each row's data subject.
+alter table audit_private.tables add column if not exists encrypted_columns text[] not null default '{}';
+alter table audit_private.tables add column if not exists subject_column text;
 
 -- A tracked table by the name the registry holds, or null: looked up in the catalog, not by to_regclass, which
 -- needs USAGE on the schema (an auditor reading audit.coverage need not have it). The one registry lookup.
@@ -970,15 +987,17 @@ as $$
 $$;
 
 -- The audited columns of a table, in order, with what capture needs to know about each.
+drop function if exists audit_private.audited_columns(audit_private.tables, regclass);
 create or replace function audit_private.audited_columns(tracked audit_private.tables, target regclass)
-  returns table (name text, kind text, changed_sql text, masked boolean)
+  returns table (name text, kind text, changed_sql text, masked boolean, encrypted boolean)
   language sql
   stable
   set search_path = pg_catalog, pg_temp
 as $$
   select a.attname::text, audit_private.value_kind(a.atttypid),
          audit_private.changed_sql(a.attname::text, a.atttypid, a.attcollation),
-         a.attname::text = any (tracked.masked_columns)
+         a.attname::text = any (tracked.masked_columns),
+         a.attname::text = any (tracked.encrypted_columns)
   from pg_attribute a
   where a.attrelid = target and a.attnum > 0 and not a.attisdropped
     and a.attname::text <> all (tracked.excluded_columns)
@@ -999,7 +1018,26 @@ as $$
   ) c
 $$;
 
--- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced), from row `row_alias`.
+-- SQL for column `column_name` of row `row_alias` as the trail keeps it: the mask, the value encrypted under
+-- the key of the row's data subject (its subject column's text form), or the value.
+create or replace function audit_private.trail_value_sql(tracked audit_private.tables, row_alias text, column_name text,
+                                                         kind text, masked boolean, encrypted boolean)
+  returns text
+  language sql
+  immutable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select case
+    when masked then 'audit_private.masked_value()'
+    -- jsonb_build_array(v) -> 0: the value as jsonb_build_object would put it (the same conversion, no cast).
+    when encrypted then format('audit_private.encrypted_value(case when num_nulls(%1$I.%2$I) = 0 then format(''%%s'', %1$I.%2$I) end, jsonb_build_array(%3$s) -> 0)',
+                               row_alias, tracked.subject_column, audit_private.value_sql(row_alias, column_name, kind))
+    else audit_private.value_sql(row_alias, column_name, kind)
+  end
+$$;
+
+-- SQL for "this row as audited JSON" (excluded columns left out, masked ones replaced, encrypted ones
+-- encrypted), from row `row_alias`.
 create or replace function audit_private.row_json_sql(tracked audit_private.tables, target regclass, row_alias text)
   returns text
   language sql
@@ -1007,8 +1045,7 @@ create or replace function audit_private.row_json_sql(tracked audit_private.tabl
   set search_path = pg_catalog, pg_temp
 as $$
   select audit_private.build_object_sql(array_agg(
-           format('%L, %s', c.name, case when c.masked then 'audit_private.masked_value()'
-                                         else audit_private.value_sql(row_alias, c.name, c.kind) end)))
+           format('%L, %s', c.name, audit_private.trail_value_sql(tracked, row_alias, c.name, c.kind, c.masked, c.encrypted))))
   from audit_private.audited_columns(tracked, target) c
 $$;
 
@@ -1033,7 +1070,8 @@ as $$
   end
 $$;
 
--- SQL for the UPDATE delta: the new values of the columns that changed; masked columns get the mask.
+-- SQL for the UPDATE delta: the new values of the columns that changed (compared in the clear, so an encrypted
+-- column is in the delta exactly when its value changed); masked columns get the mask.
 create or replace function audit_private.delta_sql(tracked audit_private.tables, target regclass)
   returns text
   language sql
@@ -1042,8 +1080,7 @@ create or replace function audit_private.delta_sql(tracked audit_private.tables,
 as $$
   select coalesce(string_agg(format('case when %s then jsonb_build_object(%L, %s) else ''{}''::jsonb end',
                                     c.changed_sql, c.name,
-                                    case when c.masked then 'audit_private.masked_value()'
-                                         else audit_private.value_sql('n', c.name, c.kind) end),
+                                    audit_private.trail_value_sql(tracked, 'n', c.name, c.kind, c.masked, c.encrypted)),
                              E'\n          || '), '''{}''::jsonb')
   from audit_private.audited_columns(tracked, target) c
 $$;
@@ -1725,11 +1762,14 @@ as $$
 $$;
 
 drop function if exists audit.enable_tracking(regclass, text[], text[]);
+drop function if exists audit.enable_tracking(regclass, text[], text[], boolean);
 create or replace function audit.enable_tracking(
   target regclass,
   excluded_columns text[] default '{}',
   masked_columns text[] default '{}',
-  drop_protections boolean default false
+  drop_protections boolean default false,
+  encrypted_columns text[] default '{}',
+  subject_column text default null
 )
   returns void
   language plpgsql
@@ -1744,12 +1784,14 @@ declare
   previous audit_private.tables;
   unexcluded text[];
   unmasked text[];
+  unencrypted text[];
 begin
   if target is null then
     raise exception 'audit.enable_tracking: target table must not be null' using errcode = 'null_value_not_allowed';
   end if;
   excluded_columns := coalesce(excluded_columns, '{}');
   masked_columns := coalesce(masked_columns, '{}');
+  encrypted_columns := coalesce(encrypted_columns, '{}');
 
   select c.relname::text as table_name, n.nspname::text as schema_name, c.relkind, c.relispartition, c.relpersistence
     into rel
@@ -1780,18 +1822,27 @@ begin
   end if;
 
   select array_agg(c) into unknown
-  from unnest(excluded_columns || masked_columns) as c
+  from unnest(array_remove(excluded_columns || masked_columns || encrypted_columns || subject_column, null)) as c
   where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
   if unknown is not null then
     raise exception 'audit.enable_tracking: table % has no column(s) %', target, array_to_string(unknown, ', ')
       using errcode = 'undefined_column';
   end if;
-  if key_columns && (excluded_columns || masked_columns) then
-    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded or masked', target
+  if key_columns && (excluded_columns || masked_columns || encrypted_columns) then
+    raise exception 'audit.enable_tracking: primary key column(s) of % cannot be excluded, masked or encrypted', target
       using errcode = 'invalid_parameter_value';
   end if;
-  if excluded_columns && masked_columns then
-    raise exception 'audit.enable_tracking: a column of % cannot be both excluded and masked', target
+  if excluded_columns && masked_columns or encrypted_columns && (excluded_columns || masked_columns) then
+    raise exception 'audit.enable_tracking: a column of % can be only one of excluded, masked and encrypted', target
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if cardinality(encrypted_columns) > 0 and subject_column is null then
+    raise exception 'audit.enable_tracking: encrypted columns of % need a subject_column (whose value names the data subject each row belongs to)', target
+      using errcode = 'invalid_parameter_value',
+            hint = 'e.g. subject_column => ''user_id'': each subject''s values get their own key, which audit.erase_subject destroys.';
+  end if;
+  if subject_column = any (excluded_columns || masked_columns || encrypted_columns) then
+    raise exception 'audit.enable_tracking: the subject column % of % must stay in the trail in the clear', subject_column, target
       using errcode = 'invalid_parameter_value';
   end if;
 
@@ -1800,28 +1851,36 @@ begin
   if previous.id is not null and not coalesce(drop_protections, false) then
     select array_agg(c order by c) into unexcluded from unnest(previous.excluded_columns) c where c <> all (excluded_columns);
     select array_agg(c order by c) into unmasked from unnest(previous.masked_columns) c where c <> all (masked_columns || excluded_columns);
-    if unexcluded is not null or unmasked is not null then
+    -- Encrypted may become masked or excluded (less is kept), never plain.
+    select array_agg(c order by c) into unencrypted from unnest(previous.encrypted_columns) c
+      where c <> all (encrypted_columns || masked_columns || excluded_columns);
+    if unexcluded is not null or unmasked is not null or unencrypted is not null then
       raise exception 'audit.enable_tracking: % would no longer %', target,
         concat_ws(' and ',
           'exclude ' || array_to_string(unexcluded, ', '),
-          'mask ' || array_to_string(unmasked, ', '))
+          'mask ' || array_to_string(unmasked, ', '),
+          'encrypt ' || array_to_string(unencrypted, ', '))
         using errcode = 'invalid_parameter_value',
-              detail = format('Now excluded: %s; masked: %s.', previous.excluded_columns, previous.masked_columns),
-              hint = 'Name them again (excluded_columns, masked_columns), or pass drop_protections => true to let their values into the trail from now on.';
+              detail = format('Now excluded: %s; masked: %s; encrypted: %s.', previous.excluded_columns, previous.masked_columns, previous.encrypted_columns),
+              hint = 'Name them again (excluded_columns, masked_columns, encrypted_columns), or pass drop_protections => true to let their values into the trail from now on.';
     end if;
   end if;
 
-  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns)
-  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns)
+  insert into audit_private.tables as t (schema_name, table_name, primary_key, excluded_columns, masked_columns, encrypted_columns, subject_column)
+  values (rel.schema_name, rel.table_name, key_columns, excluded_columns, masked_columns, encrypted_columns,
+          case when cardinality(encrypted_columns) > 0 then subject_column end)
   on conflict (schema_name, table_name) do update
     set primary_key = excluded.primary_key,
         excluded_columns = excluded.excluded_columns,
         masked_columns = excluded.masked_columns,
+        encrypted_columns = excluded.encrypted_columns,
+        subject_column = excluded.subject_column,
         enabled = true,
         updated_at = now()
     -- Called again with the same options (every deploy replays the example's calls): the row stays as it is.
-    where (t.primary_key, t.excluded_columns, t.masked_columns, t.enabled)
-          is distinct from (excluded.primary_key, excluded.excluded_columns, excluded.masked_columns, true)
+    where (t.primary_key, t.excluded_columns, t.masked_columns, t.encrypted_columns, t.subject_column, t.enabled)
+          is distinct from (excluded.primary_key, excluded.excluded_columns, excluded.masked_columns,
+                            excluded.encrypted_columns, excluded.subject_column, true)
   returning t.* into tracked;
   if tracked.id is null then
     select t.* into tracked from audit_private.tables t where t.schema_name = rel.schema_name and t.table_name = rel.table_name;
@@ -1831,8 +1890,8 @@ begin
 end
 $$;
 
-comment on function audit.enable_tracking(regclass, text[], text[], boolean) is
-  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion or mask unless drop_protections)';
+comment on function audit.enable_tracking(regclass, text[], text[], boolean, text[], text) is
+  'Starts auditing a table (idempotent; a second call sets the options, refusing to drop an exclusion, mask or encryption unless drop_protections); encrypted_columns are kept encrypted under a key per data subject (subject_column)';
 
 -- Ends the tracking of one registry row: marks it disabled, removes the capture triggers (if the table is
 -- still there) and the generated functions. The audit rows stay, and so does the registry row.
@@ -1904,7 +1963,7 @@ $$;
 
 comment on function audit.disable_tracking(text, text) is 'Stops auditing a table given by schema and name (also one that no longer exists); its audit history is kept';
 
-revoke all on function audit.enable_tracking(regclass, text[], text[], boolean) from public;
+revoke all on function audit.enable_tracking(regclass, text[], text[], boolean, text[], text) from public;
 revoke all on function audit.disable_tracking(regclass) from public;
 revoke all on function audit.disable_tracking(text, text) from public;
 
@@ -1922,7 +1981,9 @@ select
   coalesce(tr.active, 0) as triggers_active,
   t.created_at,
   t.updated_at,
-  coalesce(tr.expected, 0) as triggers_expected -- last: create or replace view can only add columns at the end
+  coalesce(tr.expected, 0) as triggers_expected, -- new columns last: create or replace view can only add at the end
+  t.encrypted_columns,
+  t.subject_column
 from audit_private.tables t
 left join lateral (
   select count(*) filter (where s.installed)::integer as installed,
@@ -1983,7 +2044,7 @@ begin
     returning t.* into tracked;
   end if;
   select array_agg(c) into missing
-  from unnest(tracked.excluded_columns || tracked.masked_columns) as c
+  from unnest(array_remove(tracked.excluded_columns || tracked.masked_columns || tracked.encrypted_columns || tracked.subject_column, null)) as c
   where not exists (select from pg_attribute a where a.attrelid = target and a.attname = c and a.attnum > 0 and not a.attisdropped);
   if missing is not null then
     raise exception 'cartop-audit: column(s) % of % are excluded or masked from the audit trail and would no longer be', array_to_string(missing, ', '), target
@@ -1995,7 +2056,8 @@ begin
   if tracked.primary_key is not distinct from audit_private.primary_key_columns(target) then
     perform audit_private.attach_capture(tracked, target);
   else
-    perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns);
+    perform audit.enable_tracking(target, tracked.excluded_columns, tracked.masked_columns,
+      encrypted_columns => tracked.encrypted_columns, subject_column => tracked.subject_column);
   end if;
 end
 $$;
@@ -2166,6 +2228,178 @@ begin
 end
 $$;
 
+-- source: triggers/03_sensitive.sql
+-- Sensitive values: a third protection beside excluded and masked columns. An encrypted column's values are
+-- kept in the trail encrypted (AES-256-CBC, a random IV per value, pgcrypto) under a key per data subject (the
+-- value of the column enable_tracking names as subject_column, e.g. the user id of the row). Members of
+-- cartop_sensitive_reader (auditors, by default) read the plaintext in audit.log, audit.changes and row_as_of;
+-- everyone else reads "[encrypted]", and, once audit.erase_subject destroyed the subject's key, everyone reads
+-- "[erased]". The trail holds ciphertext only, so seals and archives cover it unchanged before and after an
+-- erasure. In the trail a value reads "[encrypted:<key id>:<base64 of IV and ciphertext>]", the key id being
+-- audit_private.subject_keys.id. Erasure reaches what the trail held until then; the subject's data in the
+-- tracked tables is the application's to erase (a later write records the row as it is then, under a new key).
+
+-- One key per data subject. Only its owner and cartop_capture (which makes keys on first use) touch it;
+-- readers reach plaintext only through audit_private.revealed.
+create table if not exists audit_private.subject_keys (
+  id         bigint      generated always as identity primary key,
+  subject    text        not null unique,
+  key        bytea       not null,
+  created_at timestamptz not null default now()
+);
+comment on table audit_private.subject_keys is
+  'Encryption keys of encrypted columns, one per data subject; a deleted row is an erased subject (audit.erase_subject)';
+revoke all on audit_private.subject_keys from public;
+grant select, insert on audit_private.subject_keys to cartop_capture;
+
+-- Who erased which subject, when: the record of every erasure, append-only like the trail.
+create table if not exists audit.erasures (
+  id             bigint      generated always as identity primary key,
+  subject        text        not null,
+  erased_at      timestamptz not null default now(),
+  erased_by      text        not null,
+  keys_destroyed integer     not null
+);
+comment on table audit.erasures is 'Every audit.erase_subject: whose key was destroyed, by whom, when (append-only)';
+revoke all on audit.erasures from public;
+grant select on audit.erasures to cartop_auditor;
+do $$
+begin
+  if not exists (select from pg_trigger where tgrelid = 'audit.erasures'::regclass and tgname = '_100_append_only') then
+    create trigger _100_append_only before update or delete or truncate on audit.erasures
+      for each statement execute function audit_private.tg__append_only();
+  end if;
+end
+$$;
+
+-- Whether the role acting now may read plaintext. The role after SET ROLE (the API switches per request), else
+-- the login: inside a security definer function current_user is the definer. A session can set `role` only to
+-- a role it is a member of, so this is not a claim.
+create or replace function audit_private.may_read_sensitive()
+  returns boolean
+  language sql
+  stable
+  set search_path = pg_catalog, pg_temp
+as $$
+  select pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user), 'cartop_sensitive_reader', 'MEMBER')
+$$;
+
+-- The encryption and reading functions call pgcrypto wherever it is installed, schema-qualified (%I), with
+-- exact argument types: no function a lower role could add is ever picked.
+do $do$
+declare
+  crypto text := (select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'pgcrypto');
+begin
+  -- A value as the trail keeps it: encrypted under the subject's key (made on first use). Runs inside capture,
+  -- as cartop_capture. Without a subject (its column is null) there is no key to erase later: the value is
+  -- kept as masked, never in the clear.
+  execute format($sql$
+    create or replace function audit_private.encrypted_value(for_subject text, plain jsonb)
+      returns jsonb
+      language plpgsql
+      volatile
+      set search_path = pg_catalog, pg_temp
+    as $body$
+    declare
+      key_id bigint;
+      key_bytes bytea;
+      iv bytea := %1$I.gen_random_bytes(16);
+    begin
+      if for_subject is null then
+        return audit_private.masked_value();
+      end if;
+      select k.id, k.key into key_id, key_bytes from audit_private.subject_keys k where k.subject = for_subject;
+      if key_id is null then
+        insert into audit_private.subject_keys (subject, key) values (for_subject, %1$I.gen_random_bytes(32))
+        on conflict (subject) do nothing;
+        select k.id, k.key into key_id, key_bytes from audit_private.subject_keys k where k.subject = for_subject;
+      end if;
+      return to_jsonb(format('[encrypted:%%s:%%s]', key_id, translate(encode(iv || %1$I.encrypt_iv(
+        convert_to(plain::text, 'UTF8'), key_bytes, iv, 'aes-cbc/pad:pkcs'), 'base64'), E'\n', '')));
+    end
+    $body$
+  $sql$, crypto);
+
+  -- One stored value as the acting role may read it: the plaintext (readers, while the key exists), "[erased]"
+  -- (the key is gone), "[encrypted]" (everyone else). A value that is not one of ours is returned as it is.
+  -- Security definer (it reads keys), so it decides itself who is asking (may_read_sensitive), never a caller.
+  execute format($sql$
+    create or replace function audit_private.revealed_value(value jsonb)
+      returns jsonb
+      language plpgsql
+      stable
+      security definer
+      set search_path = pg_catalog, pg_temp
+    as $body$
+    declare
+      parts text[] := regexp_match(value #>> '{}', '^\[encrypted:([0-9]+):([A-Za-z0-9+/=]+)\]$');
+      key_bytes bytea;
+    begin
+      if jsonb_typeof(value) is distinct from 'string' or parts is null then
+        return value;
+      end if;
+      select k.key into key_bytes from audit_private.subject_keys k where k.id = parts[1]::bigint;
+      if key_bytes is null then
+        return to_jsonb('[erased]'::text);
+      elsif not audit_private.may_read_sensitive() then
+        return to_jsonb('[encrypted]'::text);
+      end if;
+      begin
+        return convert_from(%1$I.decrypt_iv(substr(decode(parts[2], 'base64'), 17), key_bytes,
+          substr(decode(parts[2], 'base64'), 1, 16), 'aes-cbc/pad:pkcs'), 'UTF8')::jsonb;
+      exception when others then
+        -- Text an application wrote that only looks like ours (a column encrypted after it held plaintext).
+        return value;
+      end;
+    end
+    $body$
+  $sql$, crypto);
+end
+$do$;
+revoke all on function audit_private.revealed_value(jsonb) from public;
+grant execute on function audit_private.revealed_value(jsonb) to cartop_user, cartop_auditor;
+
+-- A stored row (row_data or delta) of a table with encrypted columns, as the acting role may read it. Inlined
+-- into the reading query (no SET, one expression), so a table without encrypted columns costs a CASE per row.
+create or replace function audit_private.revealed(data jsonb, encrypted_columns text[])
+  returns jsonb
+  language sql
+  stable
+  parallel safe
+as $$
+  select case when data is null or pg_catalog.cardinality(encrypted_columns) = 0 then data
+    else data || coalesce((select pg_catalog.jsonb_object_agg(c, audit_private.revealed_value(data -> c))
+                          from pg_catalog.unnest(encrypted_columns) c where data ? c), '{}') end
+$$;
+
+-- Erasure: destroys the subject's key, so every value encrypted under it reads "[erased]" everywhere (archives
+-- restored later included), and records who did it. Cannot be undone: the key was random and only here. The
+-- deleted row lingers in the table file until VACUUM and in WAL and backups until they expire (SECURITY.md).
+create or replace function audit.erase_subject(subject text)
+  returns audit.erasures
+  language plpgsql
+  volatile
+  set search_path = pg_catalog, pg_temp
+as $$
+declare
+  destroyed integer;
+  erasure audit.erasures;
+begin
+  if subject is null or subject = '' then
+    raise exception 'audit.erase_subject: subject must be given' using errcode = 'null_value_not_allowed';
+  end if;
+  delete from audit_private.subject_keys k where k.subject = erase_subject.subject;
+  get diagnostics destroyed = row_count;
+  insert into audit.erasures (subject, erased_by, keys_destroyed)
+  values (subject, coalesce(nullif(current_setting('role'), 'none'), session_user), destroyed)
+  returning * into erasure;
+  return erasure;
+end
+$$;
+comment on function audit.erase_subject(text) is
+  'Destroys the key of one data subject: its encrypted values read "[erased]" from now on, everywhere; recorded in audit.erasures';
+revoke all on function audit.erase_subject(text) from public;
+
 -- source: reading/01_log_view.sql
 -- audit.log: the audit trail as readers expect it (full old and new rows, per-column changes, context),
 -- computed from the compact storage. Only the columns a query names are computed.
@@ -2210,9 +2444,9 @@ select
   t.table_name                                as entity_name,
   e.entity_id,
   audit_private.action_name(e.action)         as action,
-  case when e.action in ('U', 'D') then e.row_data end             as old_value,
-  audit_private.new_row(e.action, e.row_data, e.delta) as new_value,
-  case when e.action = 'U' then audit_private.changes_of(e.row_data, e.delta) end as changes,
+  case when e.action in ('U', 'D') then v.row_data end             as old_value,
+  audit_private.new_row(e.action, v.row_data, v.delta) as new_value,
+  case when e.action = 'U' then audit_private.changes_of(v.row_data, v.delta) end as changes,
   e.user_id,
   e.user_email,
   e.ip_address,
@@ -2223,7 +2457,10 @@ select
   e.application_name,
   e.statement_number -- last: create or replace view can only add columns at the end
 from audit_private.log_entries e
-join audit_private.tables t on t.id = e.table_id;
+join audit_private.tables t on t.id = e.table_id
+-- Encrypted columns as the reader may see them (triggers/03_sensitive.sql); other tables pass through.
+cross join lateral (select audit_private.revealed(e.row_data, t.encrypted_columns) as row_data,
+                           audit_private.revealed(e.delta, t.encrypted_columns) as delta) v;
 
 comment on view audit.log is 'The audit trail: one row per changed row (one per TRUNCATE), append-only, partitioned by month';
 comment on column audit.log.id is 'Unique; increasing within a transaction';
@@ -2254,7 +2491,8 @@ revoke select on audit.tracked_tables from cartop_user;
 grant select on audit_private.log_entries, audit_private.tables to cartop_auditor;
 grant select on audit_private.log_entries to cartop_user;
 revoke select on audit_private.tables from cartop_user;
-grant select (id, schema_name, table_name) on audit_private.tables to cartop_user;
+-- encrypted_columns: which values audit.log shows as the reader may see them (never their keys or plaintext).
+grant select (id, schema_name, table_name, encrypted_columns) on audit_private.tables to cartop_user;
 grant select on audit.partitions to cartop_auditor;
 
 -- Capture (functions owned by cartop_capture) appends rows; nothing else (everything it needs to know about
@@ -2348,7 +2586,7 @@ select
   t.table_name                           as entity_name,
   e.entity_id,
   d.key                                  as field,
-  e.row_data -> d.key                    as old_value,
+  v.row_data -> d.key                    as old_value,
   d.value                                as new_value,
   e.user_id,
   e.user_email,
@@ -2356,7 +2594,10 @@ select
   e.request_id
 from audit_private.log_entries e
 join audit_private.tables t on t.id = e.table_id
-cross join lateral jsonb_each(e.delta) as d
+-- Encrypted columns as the reader may see them (triggers/03_sensitive.sql).
+cross join lateral (select audit_private.revealed(e.row_data, t.encrypted_columns) as row_data,
+                           audit_private.revealed(e.delta, t.encrypted_columns) as delta) v
+cross join lateral jsonb_each(v.delta) as d
 where e.action = 'U';
 
 comment on view audit.changes is 'One row per changed field of every audited UPDATE: who changed which field of which entity, from what to what, and when';
@@ -2478,8 +2719,10 @@ create or replace function audit.row_as_of(entity_name text, entity_id text, at 
 as $$
   with events as (
     -- Changes to this entity (an UPDATE that gave another row this key included).
-    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action, e.row_data, e.delta) end as state
+    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action,
+             audit_private.revealed(e.row_data, t.encrypted_columns), audit_private.revealed(e.delta, t.encrypted_columns)) end as state
     from audit_private.log_entries e
+    join audit_private.tables t on t.id = e.table_id
     where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
       and e.created_at <= at
     union all
@@ -2568,7 +2811,9 @@ create or replace function audit_private.revert_options()
   security definer
   set search_path = pg_catalog, pg_temp
 as $$
-  select t.schema_name, t.table_name, t.primary_key, t.excluded_columns, t.masked_columns
+  -- Encrypted columns count as masked here: a revert never writes a value back from the trail that its
+  -- caller may not read, nor "[encrypted]" / "[erased]" into the table.
+  select t.schema_name, t.table_name, t.primary_key, t.excluded_columns, t.masked_columns || t.encrypted_columns
   from audit_private.tables t
   where t.enabled
 $$;
@@ -2737,7 +2982,7 @@ begin
     bad := array(select c from unnest(tracked.excluded_columns || tracked.masked_columns) c
                   where exists (select from pg_attribute a where a.attrelid = rel and a.attname = c and a.attnum > 0 and not a.attisdropped));
     if cardinality(bad) > 0 then
-      s.problem := format('the deleted row cannot be restored exactly: the trail does not hold its column(s) %s (excluded or masked)', array_to_string(bad, ', '));
+      s.problem := format('the deleted row cannot be restored exactly: the trail does not hold its column(s) %s (excluded, masked or encrypted)', array_to_string(bad, ', '));
       s.problem_code := '0A000';
       return s;
     end if;
@@ -2747,7 +2992,7 @@ begin
       || (select jsonb_object_agg(c.key, c.value -> 'old') from jsonb_each(target.changes) c);
     bad := array(select c.key from jsonb_each(target.changes) c where c.key = any (tracked.masked_columns));
     if cardinality(bad) > 0 then
-      s.problem := format('masked column(s) %s changed: the trail does not hold the old value', array_to_string(bad, ', '));
+      s.problem := format('masked or encrypted column(s) %s changed: a revert does not write their old value back', array_to_string(bad, ', '));
       s.problem_code := '0A000';
       return s;
     end if;
@@ -3302,7 +3547,6 @@ revoke all on function audit_private.rate_limit_hit(text, integer) from public;
 --   cartop_admin  the application's administrators: create, edit and delete any user, set any password.
 --   cartop_anonymous reads the catalogue. cartop_auditor reads the audit trail, not the application.
 
-create extension if not exists pgcrypto;
 create schema if not exists app;
 
 do $$
