@@ -389,7 +389,7 @@ describe("permissions: the revert runs as the caller", () => {
 
 describe("net change between two instants", () => {
   test("transient edits cancel out; what remains is one row per row, with before and after", async () => {
-    const { rows: [{ t0 }] } = await db.pool.query(`select clock_timestamp() as t0`);
+    const { rows: [{ t0 }] } = await db.pool.query(`select clock_timestamp()::text as t0`);
     await inTx(`insert into shop.items (id, name) values (200, 'transient')`);
     await inTx(`delete from shop.items where id = 200`);
     await inTx(`update shop.items set qty = 999 where id = 18`);
@@ -399,7 +399,7 @@ describe("net change between two instants", () => {
     await inTx(`insert into shop.items (id, name) values (201, 'kept')`);
     await inTx(`delete from shop.order_lines where order_id = 2`);
     await inTx(`update shop.items set id = 202 where id = 20`);
-    const { rows: [{ t1 }] } = await db.pool.query(`select clock_timestamp() as t1`);
+    const { rows: [{ t1 }] } = await db.pool.query(`select clock_timestamp()::text as t1`);
     await inTx(`update shop.items set name = 'after the window' where id = 19`);
 
     const { rows } = await db.pool.query(
