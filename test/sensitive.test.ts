@@ -122,25 +122,76 @@ describe("encrypted columns", () => {
   });
 
   test("lower roles cannot read keys, call the decryption with a claim, or erase", async () => {
-    for (const role of ["cartop_user", "cartop_auditor", "cartop_anonymous"]) {
+    const attempt = async (role: string, sql: string) => {
       const client = await db.pool.connect();
       try {
         await client.query("begin");
         await client.query(`set local role ${role}`);
-        expect((await errorOf(client.query(`select key from audit_private.subject_keys`))).code).toBe("42501");
-        await client.query("rollback");
-        await client.query("begin");
-        await client.query(`set local role ${role}`);
-        expect((await errorOf(client.query(`select audit.erase_subject('s-ada')`))).code).toBe("42501");
-        await client.query("rollback");
+        return await client.query(sql).then(() => "ok", (e: Error & { code?: string }) => e.code);
       } finally {
+        await client.query("rollback");
         client.release();
       }
+    };
+    for (const role of ["cartop_user", "cartop_anonymous"]) {
+      expect(await attempt(role, `select key from audit_private.subject_keys`)).toBe("42501");
     }
-    // The decryption decides for itself who asks: a user calling it directly gets "[encrypted]".
+    // Readers of plaintext read the keys they decrypt with, with their own privilege (auditors, by default).
+    expect(await attempt("cartop_auditor", `select key from audit_private.subject_keys`)).toBe("ok");
+    for (const role of ["cartop_user", "cartop_auditor", "cartop_anonymous"]) {
+      expect(await attempt(role, `select audit.erase_subject('s-ada')`)).toBe("42501");
+    }
+    // Decryption runs with the caller's privileges: a user calling it directly gets "[encrypted]".
     const { rows: [{ stored }] } = await db.pool.query(`select row_data -> 'email' as stored from audit_private.log_entries e
       join audit_private.tables t on t.id = e.table_id where t.table_name = 'people' order by e.id limit 1`);
     expect((await as<{ v: unknown }>("cartop_user", `select audit_private.revealed_value($1::jsonb) as v`, [JSON.stringify(stored)]))[0]!.v).toBe("[encrypted]");
+  });
+
+  test("a table owner's function run inside a superuser's session (an index expression at ANALYZE) reads no plaintext and no one else's rows", async () => {
+    const evil = `evil_${Date.now()}`;
+    await db.pool.query(`create role ${evil} login; grant cartop_user to ${evil}; create schema ${evil} authorization ${evil}`);
+    const client = await db.pool.connect();
+    try {
+      await client.query(`set role ${evil}`);
+      await client.query(`
+        create table ${evil}.loot (what text);
+        create function ${evil}.steal() returns void language plpgsql volatile as $$ begin
+          perform set_config('audit.user_id', 'u-1', true);
+          insert into ${evil}.loot values ('ran as ' || current_user);
+          insert into ${evil}.loot select new_value::text from audit.log where entity_name = 'people';
+          insert into ${evil}.loot select audit_private.revealed_value(row_data -> 'email')::text
+            from audit_private.log_entries where row_data ? 'email' and row_data ->> 'email' like '[encrypted:%';
+        end $$;
+        create function ${evil}.grab(x int) returns int language plpgsql immutable as $$ begin perform ${evil}.steal(); return x; end $$;
+        create table ${evil}.trap (x int);
+        insert into ${evil}.trap values (1);
+        create index on ${evil}.trap (${evil}.grab(x));
+        delete from ${evil}.loot`);
+      await client.query("reset role");
+      await client.query(`analyze ${evil}.trap`);
+      const { rows } = await client.query(`select what from ${evil}.loot`);
+      // It ran, as the owner: no row of u-1's is its to read, and no value it can see is in the clear.
+      expect(rows[0]).toEqual({ what: `ran as ${evil}` });
+      for (const { what } of rows.slice(1)) expect(what).toMatch(/^"\[(encrypted|erased)\]"$/);
+    } finally {
+      await client.query("reset role");
+      client.release();
+      await db.pool.query(`drop schema ${evil} cascade; drop owned by ${evil}; drop role ${evil}`);
+    }
+  });
+
+  test("text that only looks like ciphertext in a column encrypted later neither breaks reads nor decrypts", async () => {
+    await db.pool.query(`create table crm.legacy (id int primary key, ssn text, sub text);
+      select audit.enable_tracking('crm.legacy');
+      insert into crm.legacy values (1, '[encrypted:99999999999999999999:AAAA]', 's-l'), (2, '[encrypted:1:AAAA]', 's-l');
+      select audit.enable_tracking('crm.legacy', encrypted_columns => '{ssn}', subject_column => 'sub')`);
+    for (const role of ["cartop_auditor", "cartop_user"]) {
+      const rows = await as<{ ssn: unknown }>(role, `select new_value -> 'ssn' as ssn from audit.log where entity_name = 'legacy' order by id`);
+      expect(rows.map((r) => r.ssn)).toEqual(role === "cartop_user" ? [] : ["[encrypted:99999999999999999999:AAAA]", "[encrypted:1:AAAA]"]);
+    }
+    await db.pool.query(`alter table crm.legacy add column born timestamptz`);
+    expect((await errorOf(db.pool.query(`select audit.enable_tracking('crm.legacy', encrypted_columns => '{ssn}', subject_column => 'born')`))).message)
+      .toBe("audit.enable_tracking: the subject column born of crm.legacy must be an integer, text or uuid column");
   });
 
   test("tracking refuses encryption without a subject, of a key column, and dropping it quietly", async () => {

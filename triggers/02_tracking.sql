@@ -1029,6 +1029,13 @@ begin
       using errcode = 'invalid_parameter_value',
             hint = 'e.g. subject_column => ''user_id'': each subject''s values get their own key, which audit.erase_subject destroys.';
   end if;
+  -- The key is named by the subject's text form: only types whose text does not depend on session settings
+  -- (TimeZone, DateStyle, numeric scale), so one subject always has one key to erase.
+  if subject_column is not null and (select audit_private.base_type(a.atttypid) from pg_attribute a
+        where a.attrelid = target and a.attname = subject_column) <> all (array['int2', 'int4', 'int8', 'text', 'varchar', 'uuid']::regtype[]) then
+    raise exception 'audit.enable_tracking: the subject column % of % must be an integer, text or uuid column', subject_column, target
+      using errcode = 'invalid_parameter_value';
+  end if;
   if subject_column = any (excluded_columns || masked_columns || encrypted_columns) then
     raise exception 'audit.enable_tracking: the subject column % of % must stay in the trail in the clear', subject_column, target
       using errcode = 'invalid_parameter_value';

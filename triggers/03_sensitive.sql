@@ -20,6 +20,20 @@ comment on table audit_private.subject_keys is
   'Encryption keys of encrypted columns, one per data subject; a deleted row is an erased subject (audit.erase_subject)';
 revoke all on audit_private.subject_keys from public;
 grant select, insert on audit_private.subject_keys to cartop_capture;
+-- Readers decrypt with their own privilege on the keys: who may read plaintext is decided by the privileges of
+-- the code running (current_user), never by settings, which say nothing when an owner's function runs inside
+-- another role's session (an index expression during ANALYZE, a security definer function).
+grant select on audit_private.subject_keys to cartop_sensitive_reader;
+-- No statistics: a sample of keys in pg_statistic would outlive their erasure.
+alter table audit_private.subject_keys alter column key set statistics 0;
+alter table audit_private.subject_keys alter column subject set statistics 0;
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    delete from pg_statistic where starelid = 'audit_private.subject_keys'::regclass;
+  end if;
+end
+$$;
 
 -- Who erased which subject, when: the record of every erasure, append-only like the trail.
 create table if not exists audit.erasures (
@@ -41,17 +55,19 @@ begin
 end
 $$;
 
--- Whether the role acting now may read plaintext. The role after SET ROLE (the API switches per request), else
--- the login: inside a security definer function current_user is the definer. A session can set `role` only to
--- a role it is a member of, so this is not a claim.
-create or replace function audit_private.may_read_sensitive()
+-- Whether a key id was erased (its key is gone): what everyone may know, to read "[erased]" rather than
+-- "[encrypted]". Security definer: it reads only whether the row exists.
+create or replace function audit_private.key_erased(key_id bigint)
   returns boolean
   language sql
   stable
+  security definer
   set search_path = pg_catalog, pg_temp
 as $$
-  select pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user), 'cartop_sensitive_reader', 'MEMBER')
+  select not exists (select from audit_private.subject_keys k where k.id = key_id)
 $$;
+revoke all on function audit_private.key_erased(bigint) from public;
+grant execute on function audit_private.key_erased(bigint) to cartop_user, cartop_auditor, cartop_sensitive_reader;
 
 -- The encryption and reading functions call pgcrypto wherever it is installed, schema-qualified (%I), with
 -- exact argument types: no function a lower role could add is ever picked.
@@ -74,7 +90,7 @@ begin
       key_bytes bytea;
       iv bytea := %1$I.gen_random_bytes(16);
     begin
-      if for_subject is null then
+      if for_subject is null or for_subject = '' then
         return audit_private.masked_value();
       end if;
       select k.id, k.key into key_id, key_bytes from audit_private.subject_keys k where k.subject = for_subject;
@@ -89,35 +105,33 @@ begin
     $body$
   $sql$, crypto);
 
-  -- One stored value as the acting role may read it: the plaintext (readers, while the key exists), "[erased]"
-  -- (the key is gone), "[encrypted]" (everyone else). A value that is not one of ours is returned as it is.
-  -- Security definer (it reads keys), so it decides itself who is asking (may_read_sensitive), never a caller.
+  -- One stored value as the running code may read it: the plaintext (whoever can read the keys:
+  -- cartop_sensitive_reader, while the key exists), "[erased]" (the key is gone), "[encrypted]" (everyone
+  -- else). Security invoker: decrypting needs the caller's own privilege on the keys. A value that is not one
+  -- of ours (text an application wrote into a column before it was encrypted) is returned as it is.
   execute format($sql$
     create or replace function audit_private.revealed_value(value jsonb)
       returns jsonb
       language plpgsql
       stable
-      security definer
       set search_path = pg_catalog, pg_temp
     as $body$
     declare
-      parts text[] := regexp_match(value #>> '{}', '^\[encrypted:([0-9]+):([A-Za-z0-9+/=]+)\]$');
+      parts text[] := regexp_match(value #>> '{}', '^\[encrypted:([0-9]{1,18}):([A-Za-z0-9+/=]+)\]$');
       key_bytes bytea;
     begin
       if jsonb_typeof(value) is distinct from 'string' or parts is null then
         return value;
-      end if;
-      select k.key into key_bytes from audit_private.subject_keys k where k.id = parts[1]::bigint;
-      if key_bytes is null then
+      elsif audit_private.key_erased(parts[1]::bigint) then
         return to_jsonb('[erased]'::text);
-      elsif not audit_private.may_read_sensitive() then
+      elsif not has_table_privilege('audit_private.subject_keys', 'select') then
         return to_jsonb('[encrypted]'::text);
       end if;
+      select k.key into key_bytes from audit_private.subject_keys k where k.id = parts[1]::bigint;
       begin
         return convert_from(%1$I.decrypt_iv(substr(decode(parts[2], 'base64'), 17), key_bytes,
           substr(decode(parts[2], 'base64'), 1, 16), 'aes-cbc/pad:pkcs'), 'UTF8')::jsonb;
       exception when others then
-        -- Text an application wrote that only looks like ours (a column encrypted after it held plaintext).
         return value;
       end;
     end
@@ -126,7 +140,9 @@ begin
 end
 $do$;
 revoke all on function audit_private.revealed_value(jsonb) from public;
-grant execute on function audit_private.revealed_value(jsonb) to cartop_user, cartop_auditor;
+grant execute on function audit_private.revealed_value(jsonb) to cartop_user, cartop_auditor, cartop_sensitive_reader;
+revoke all on function audit_private.encrypted_value(text, jsonb) from public;
+grant execute on function audit_private.encrypted_value(text, jsonb) to cartop_capture;
 
 -- A stored row (row_data or delta) of a table with encrypted columns, as the acting role may read it. Inlined
 -- into the reading query (no SET, one expression), so a table without encrypted columns costs a CASE per row.
@@ -159,6 +175,9 @@ begin
   end if;
   delete from audit_private.subject_keys k where k.subject = erase_subject.subject;
   get diagnostics destroyed = row_count;
+  if destroyed = 0 then
+    raise notice 'audit.erase_subject: no key for subject %: nothing of theirs is encrypted in the trail (or it was erased before)', subject;
+  end if;
   insert into audit.erasures (subject, erased_by, keys_destroyed)
   values (subject, coalesce(nullif(current_setting('role'), 'none'), session_user), destroyed)
   returning * into erasure;

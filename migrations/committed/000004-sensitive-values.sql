@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:cb7cc348861a3266ecd6b112500d19d4d2a4fe65
+--! Hash: sha1:ecffcc5ee4cdf17d37ac8480df554aff82fd0d8b
 --! Message: sensitive values
 
 -- source: base/01_schemas_and_roles.sql
@@ -1841,6 +1841,13 @@ begin
       using errcode = 'invalid_parameter_value',
             hint = 'e.g. subject_column => ''user_id'': each subject''s values get their own key, which audit.erase_subject destroys.';
   end if;
+  -- The key is named by the subject's text form: only types whose text does not depend on session settings
+  -- (TimeZone, DateStyle, numeric scale), so one subject always has one key to erase.
+  if subject_column is not null and (select audit_private.base_type(a.atttypid) from pg_attribute a
+        where a.attrelid = target and a.attname = subject_column) <> all (array['int2', 'int4', 'int8', 'text', 'varchar', 'uuid']::regtype[]) then
+    raise exception 'audit.enable_tracking: the subject column % of % must be an integer, text or uuid column', subject_column, target
+      using errcode = 'invalid_parameter_value';
+  end if;
   if subject_column = any (excluded_columns || masked_columns || encrypted_columns) then
     raise exception 'audit.enable_tracking: the subject column % of % must stay in the trail in the clear', subject_column, target
       using errcode = 'invalid_parameter_value';
@@ -2251,6 +2258,20 @@ comment on table audit_private.subject_keys is
   'Encryption keys of encrypted columns, one per data subject; a deleted row is an erased subject (audit.erase_subject)';
 revoke all on audit_private.subject_keys from public;
 grant select, insert on audit_private.subject_keys to cartop_capture;
+-- Readers decrypt with their own privilege on the keys: who may read plaintext is decided by the privileges of
+-- the code running (current_user), never by settings, which say nothing when an owner's function runs inside
+-- another role's session (an index expression during ANALYZE, a security definer function).
+grant select on audit_private.subject_keys to cartop_sensitive_reader;
+-- No statistics: a sample of keys in pg_statistic would outlive their erasure.
+alter table audit_private.subject_keys alter column key set statistics 0;
+alter table audit_private.subject_keys alter column subject set statistics 0;
+do $$
+begin
+  if (select rolsuper from pg_roles where rolname = current_user) then
+    delete from pg_statistic where starelid = 'audit_private.subject_keys'::regclass;
+  end if;
+end
+$$;
 
 -- Who erased which subject, when: the record of every erasure, append-only like the trail.
 create table if not exists audit.erasures (
@@ -2272,17 +2293,19 @@ begin
 end
 $$;
 
--- Whether the role acting now may read plaintext. The role after SET ROLE (the API switches per request), else
--- the login: inside a security definer function current_user is the definer. A session can set `role` only to
--- a role it is a member of, so this is not a claim.
-create or replace function audit_private.may_read_sensitive()
+-- Whether a key id was erased (its key is gone): what everyone may know, to read "[erased]" rather than
+-- "[encrypted]". Security definer: it reads only whether the row exists.
+create or replace function audit_private.key_erased(key_id bigint)
   returns boolean
   language sql
   stable
+  security definer
   set search_path = pg_catalog, pg_temp
 as $$
-  select pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user), 'cartop_sensitive_reader', 'MEMBER')
+  select not exists (select from audit_private.subject_keys k where k.id = key_id)
 $$;
+revoke all on function audit_private.key_erased(bigint) from public;
+grant execute on function audit_private.key_erased(bigint) to cartop_user, cartop_auditor, cartop_sensitive_reader;
 
 -- The encryption and reading functions call pgcrypto wherever it is installed, schema-qualified (%I), with
 -- exact argument types: no function a lower role could add is ever picked.
@@ -2305,7 +2328,7 @@ begin
       key_bytes bytea;
       iv bytea := %1$I.gen_random_bytes(16);
     begin
-      if for_subject is null then
+      if for_subject is null or for_subject = '' then
         return audit_private.masked_value();
       end if;
       select k.id, k.key into key_id, key_bytes from audit_private.subject_keys k where k.subject = for_subject;
@@ -2320,35 +2343,33 @@ begin
     $body$
   $sql$, crypto);
 
-  -- One stored value as the acting role may read it: the plaintext (readers, while the key exists), "[erased]"
-  -- (the key is gone), "[encrypted]" (everyone else). A value that is not one of ours is returned as it is.
-  -- Security definer (it reads keys), so it decides itself who is asking (may_read_sensitive), never a caller.
+  -- One stored value as the running code may read it: the plaintext (whoever can read the keys:
+  -- cartop_sensitive_reader, while the key exists), "[erased]" (the key is gone), "[encrypted]" (everyone
+  -- else). Security invoker: decrypting needs the caller's own privilege on the keys. A value that is not one
+  -- of ours (text an application wrote into a column before it was encrypted) is returned as it is.
   execute format($sql$
     create or replace function audit_private.revealed_value(value jsonb)
       returns jsonb
       language plpgsql
       stable
-      security definer
       set search_path = pg_catalog, pg_temp
     as $body$
     declare
-      parts text[] := regexp_match(value #>> '{}', '^\[encrypted:([0-9]+):([A-Za-z0-9+/=]+)\]$');
+      parts text[] := regexp_match(value #>> '{}', '^\[encrypted:([0-9]{1,18}):([A-Za-z0-9+/=]+)\]$');
       key_bytes bytea;
     begin
       if jsonb_typeof(value) is distinct from 'string' or parts is null then
         return value;
-      end if;
-      select k.key into key_bytes from audit_private.subject_keys k where k.id = parts[1]::bigint;
-      if key_bytes is null then
+      elsif audit_private.key_erased(parts[1]::bigint) then
         return to_jsonb('[erased]'::text);
-      elsif not audit_private.may_read_sensitive() then
+      elsif not has_table_privilege('audit_private.subject_keys', 'select') then
         return to_jsonb('[encrypted]'::text);
       end if;
+      select k.key into key_bytes from audit_private.subject_keys k where k.id = parts[1]::bigint;
       begin
         return convert_from(%1$I.decrypt_iv(substr(decode(parts[2], 'base64'), 17), key_bytes,
           substr(decode(parts[2], 'base64'), 1, 16), 'aes-cbc/pad:pkcs'), 'UTF8')::jsonb;
       exception when others then
-        -- Text an application wrote that only looks like ours (a column encrypted after it held plaintext).
         return value;
       end;
     end
@@ -2357,7 +2378,9 @@ begin
 end
 $do$;
 revoke all on function audit_private.revealed_value(jsonb) from public;
-grant execute on function audit_private.revealed_value(jsonb) to cartop_user, cartop_auditor;
+grant execute on function audit_private.revealed_value(jsonb) to cartop_user, cartop_auditor, cartop_sensitive_reader;
+revoke all on function audit_private.encrypted_value(text, jsonb) from public;
+grant execute on function audit_private.encrypted_value(text, jsonb) to cartop_capture;
 
 -- A stored row (row_data or delta) of a table with encrypted columns, as the acting role may read it. Inlined
 -- into the reading query (no SET, one expression), so a table without encrypted columns costs a CASE per row.
@@ -2390,6 +2413,9 @@ begin
   end if;
   delete from audit_private.subject_keys k where k.subject = erase_subject.subject;
   get diagnostics destroyed = row_count;
+  if destroyed = 0 then
+    raise notice 'audit.erase_subject: no key for subject %: nothing of theirs is encrypted in the trail (or it was erased before)', subject;
+  end if;
   insert into audit.erasures (subject, erased_by, keys_destroyed)
   values (subject, coalesce(nullif(current_setting('role'), 'none'), session_user), destroyed)
   returning * into erasure;
@@ -2523,9 +2549,13 @@ create or replace function audit_private.reader_user_id()
   parallel safe
   set search_path = pg_catalog, pg_temp
 as $$
-  select case when exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
+  -- Only while the code running is the session's own (current_user is the role it logged in as or switched to):
+  -- not inside another owner's function running in the session (an index expression during ANALYZE, a
+  -- security definer function), which could otherwise set audit.user_id to anyone's.
+  select case when current_user::text = coalesce(nullif(current_setting('role'), 'none'), session_user::text)
+               and (exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
                 or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
-                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER')
+                or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER'))
               then audit_private.setting('audit.user_id')
               else session_user::text end
 $$;
