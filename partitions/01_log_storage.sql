@@ -42,7 +42,7 @@ comment on column audit_private.log_entries.table_id is 'audit_private.tables.id
 comment on column audit_private.log_entries.action is 'I = INSERT, U = UPDATE, D = DELETE, T = TRUNCATE';
 comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UPDATE and DELETE: the old row (excluded columns removed, masked columns replaced)';
 comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
-comment on column audit_private.log_entries.statement_number is 'Which statement of its transaction wrote the row (1, 2, …; see audit_private.statement_number); null for rows written before it existed';
+comment on column audit_private.log_entries.statement_number is 'Which statement of its transaction wrote the row (1, 2, …; see audit_private.statement_number_statements); null for rows written before it existed';
 comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
 
 -- Entity history: all rows of one entity, in order. entity_id leads: it is what every entity query knows

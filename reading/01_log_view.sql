@@ -123,7 +123,7 @@ as $$
   -- Only while the code running is the session's own (current_user is the role it logged in as or switched to):
   -- not inside another owner's function running in the session (an index expression during ANALYZE, a
   -- security definer function), which could otherwise set audit.user_id to anyone's.
-  select case when current_user::text = coalesce(nullif(current_setting('role'), 'none'), session_user::text)
+  select case when current_user::text = audit_private.acting_role()
                and (exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
                 or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
                 or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER'))

@@ -74,12 +74,22 @@ begin
 end
 $$;
 
+-- The role acting now: the one the session switched to (SET ROLE; the API does per request), else the login.
+-- Inside a security definer function current_user is the definer; these two still name the caller. (A session
+-- sets `role` only to a role it is a member of.) An inlinable SQL function: free inside capture.
+create or replace function audit_private.acting_role()
+  returns text
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user::text)
+$$;
+
 -- The context of the current statement, as PL/pgSQL that every capture function inlines (declarations, then
 -- statements): they leave _user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user and
 -- _application_name set. Inlined, not called: a call to a PL/pgSQL function returning the context cost ~160k
 -- instructions per single-row UPDATE, the inlined assignments ~80k (docs/design/capture.md).
--- Inside a security definer function current_user is the definer; the `role` setting still names the role the
--- caller switched to (SET ROLE), and session_user the role that logged in.
 create or replace function audit_private.context_declarations()
   returns text
   language sql
@@ -91,7 +101,7 @@ as $$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -188,22 +198,8 @@ as $$
       end if;$code$
 $$;
 
--- The same as a function of the table's oid (tests and diagnostics call it; capture inlines the text above).
-do $$
-begin
-  execute format($create$
-    create or replace function audit_private.statement_number(relid oid)
-      returns integer
-      language plpgsql
-      volatile
-    as %L
-  $create$, 'declare
-      tg_relid oid := relid;' || audit_private.statement_number_declarations() || '
-    begin' || audit_private.statement_number_statements() || '
-      return _stmt;
-    end');
-end
-$$;
+-- Capture inlines the text above; the function of earlier versions has no caller left.
+drop function if exists audit_private.statement_number(oid);
 -- STATEMENT GROUPING (end)
 
 -- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,

@@ -179,7 +179,7 @@ begin
     raise notice 'audit.erase_subject: no key for subject %: nothing of theirs is encrypted in the trail (or it was erased before)', subject;
   end if;
   insert into audit.erasures (subject, erased_by, keys_destroyed)
-  values (subject, coalesce(nullif(current_setting('role'), 'none'), session_user), destroyed)
+  values (subject, audit_private.acting_role(), destroyed)
   returning * into erasure;
   return erasure;
 end

@@ -1,5 +1,5 @@
 --! Previous: sha1:974e40acb90541caf901244ad7cc98f2ecc838fd
---! Hash: sha1:ecffcc5ee4cdf17d37ac8480df554aff82fd0d8b
+--! Hash: sha1:ae26b63a60dce86dae80b8a76036fa6f1937336b
 --! Message: sensitive values
 
 -- source: base/01_schemas_and_roles.sql
@@ -101,7 +101,7 @@ comment on column audit_private.log_entries.table_id is 'audit_private.tables.id
 comment on column audit_private.log_entries.action is 'I = INSERT, U = UPDATE, D = DELETE, T = TRUNCATE';
 comment on column audit_private.log_entries.row_data is 'INSERT: the new row; UPDATE and DELETE: the old row (excluded columns removed, masked columns replaced)';
 comment on column audit_private.log_entries.delta is 'UPDATE only: the new values of the columns that changed';
-comment on column audit_private.log_entries.statement_number is 'Which statement of its transaction wrote the row (1, 2, …; see audit_private.statement_number); null for rows written before it existed';
+comment on column audit_private.log_entries.statement_number is 'Which statement of its transaction wrote the row (1, 2, …; see audit_private.statement_number_statements); null for rows written before it existed';
 comment on column audit_private.log_entries.old_entity_id is 'UPDATE that changed the primary key only: the entity id before the change';
 
 -- Entity history: all rows of one entity, in order. entity_id leads: it is what every entity query knows
@@ -630,12 +630,22 @@ begin
 end
 $$;
 
+-- The role acting now: the one the session switched to (SET ROLE; the API does per request), else the login.
+-- Inside a security definer function current_user is the definer; these two still name the caller. (A session
+-- sets `role` only to a role it is a member of.) An inlinable SQL function: free inside capture.
+create or replace function audit_private.acting_role()
+  returns text
+  language sql
+  stable
+  parallel safe
+as $$
+  select coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user::text)
+$$;
+
 -- The context of the current statement, as PL/pgSQL that every capture function inlines (declarations, then
 -- statements): they leave _user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user and
 -- _application_name set. Inlined, not called: a call to a PL/pgSQL function returning the context cost ~160k
 -- instructions per single-row UPDATE, the inlined assignments ~80k (docs/design/capture.md).
--- Inside a security definer function current_user is the definer; the `role` setting still names the role the
--- caller switched to (SET ROLE), and session_user the role that logged in.
 create or replace function audit_private.context_declarations()
   returns text
   language sql
@@ -647,7 +657,7 @@ as $$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -744,22 +754,8 @@ as $$
       end if;$code$
 $$;
 
--- The same as a function of the table's oid (tests and diagnostics call it; capture inlines the text above).
-do $$
-begin
-  execute format($create$
-    create or replace function audit_private.statement_number(relid oid)
-      returns integer
-      language plpgsql
-      volatile
-    as %L
-  $create$, 'declare
-      tg_relid oid := relid;' || audit_private.statement_number_declarations() || '
-    begin' || audit_private.statement_number_statements() || '
-      return _stmt;
-    end');
-end
-$$;
+-- Capture inlines the text above; the function of earlier versions has no caller left.
+drop function if exists audit_private.statement_number(oid);
 -- STATEMENT GROUPING (end)
 
 -- Sets the context for the rest of the current transaction. Only the arguments given (not null) are set,
@@ -2417,7 +2413,7 @@ begin
     raise notice 'audit.erase_subject: no key for subject %: nothing of theirs is encrypted in the trail (or it was erased before)', subject;
   end if;
   insert into audit.erasures (subject, erased_by, keys_destroyed)
-  values (subject, coalesce(nullif(current_setting('role'), 'none'), session_user), destroyed)
+  values (subject, audit_private.acting_role(), destroyed)
   returning * into erasure;
   return erasure;
 end
@@ -2552,7 +2548,7 @@ as $$
   -- Only while the code running is the session's own (current_user is the role it logged in as or switched to):
   -- not inside another owner's function running in the session (an index expression during ANALYZE, a
   -- security definer function), which could otherwise set audit.user_id to anyone's.
-  select case when current_user::text = coalesce(nullif(current_setting('role'), 'none'), session_user::text)
+  select case when current_user::text = audit_private.acting_role()
                and (exists (select from pg_roles r where r.rolname = session_user and (r.rolsuper or r.rolbypassrls))
                 or pg_has_role(session_user, 'cartop_auditor', 'MEMBER')
                 or pg_has_role(session_user, (select c.relowner from pg_class c where c.oid = 'audit_private.log_entries'::regclass), 'MEMBER'))

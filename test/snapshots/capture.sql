@@ -20,7 +20,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -72,7 +72,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 b07f266d8cbc1ad63bbc0ca6703592f6f9bd04b8380eddd1accec701a7055703; definition sha256 b98a176a68fefaa540c1bedc289f5affc4014c030891a6632962078d3ffdc93a';
+comment on function audit_private.capture_delete_2() is 'cartop-audit capture; generator sha256 dccce2c2f5a3badf3336a16d376efb6f0ee94419a589b751af3c3a3c34ffccc8; definition sha256 9350dcbbe7c1d3f09be944626732a052d340d2dd240d36b799303754156b9021';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_2()
@@ -96,7 +96,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -148,7 +148,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 a0e790ee0a77993a31af59d9665ff32a0c9e59bcb7fd3dd12eacc207696cb280; definition sha256 426095fb6b1daebd2052d4a2169765d0bc34747d38b4f5e927cb9f8c1fea57c3';
+comment on function audit_private.capture_insert_2() is 'cartop-audit capture; generator sha256 cdae735bd27f53b5e53fbc347e3b5ca1915cb168255c5a1f3bc41dae426391c1; definition sha256 8214753b53f745bd630eb57338fd83d8e1f9e09741a7e42f50beebb172f0e316';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_2()
@@ -172,7 +172,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -222,7 +222,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 7b691296c889a5583137c2b10749678797a3cc0cea6fdcf5af97b34a63346ae4; definition sha256 3ef2ca808f5b9fd6ee921af557631cd04976e6ca6ddec5dfb40e2ece23fa7e67';
+comment on function audit_private.capture_truncate_2() is 'cartop-audit capture; generator sha256 3ec671e6411bdc5aae8d7f13cac8b3a824e5bb9a74c524ab48245e0d87525228; definition sha256 6ff22c31f1a562812f9731374e5f3e72ad6c3eefe5472d300a6d88040964bd55';
 
 -- app.products
 CREATE OR REPLACE FUNCTION audit_private.capture_update_2()
@@ -246,7 +246,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -331,7 +331,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 3598f81e3e5621e90ba06effee4ce6362dc5ab33be50ef499cb67cd54f5570c9; definition sha256 e662ca7dfa352d736e781c2d8de647e566921c674ae687a9cb97d31752704fa7';
+comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 34a9bd3415f9f998ec38944361509f04e26a19ed47a7f3bc0003de137c48a9ba; definition sha256 c8fba5c9d3d0756d49774452beecc9deff92283d7921a3cfbe8ec5932fe85a06';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_delete_1()
@@ -355,7 +355,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -406,7 +406,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 687aafac17cd8e79b77b6f32df8b26e26b7238d14d8ac5ad12bc1e111d341ccd; definition sha256 eab528389c1363f6fe9ebfcc17f7b69318732c8b558c3edf321d70bb896e026b';
+comment on function audit_private.capture_delete_1() is 'cartop-audit capture; generator sha256 5e8f3ec8e2b151fac1c0e503de2ad757c766d6cb8d6bf066cda508ad013d5e3e; definition sha256 cc7c3ef9deeb045e018d8507c24c61ad09fcb0e3e7fd16572734b01d3c145f56';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_insert_1()
@@ -430,7 +430,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -481,7 +481,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 c96920acfc01c56974dbfdc271870b129ccf1e469486fe38af725c28107d827d; definition sha256 3fb4404e953e16d302fd8d92886c113dda2eb5a73e7d5c69d3c7a167f148c2f4';
+comment on function audit_private.capture_insert_1() is 'cartop-audit capture; generator sha256 ee1adaead48575d1958f9d42fa392e4fe40caa39a8991c9ab53fab9fbeb26c6e; definition sha256 553c52e4ea80b93c48dcd3dfc46cd3565be468935dc4f5beba201f7289eb1511';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_truncate_1()
@@ -505,7 +505,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -555,7 +555,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 d67a159c0bb117b536d622a062930a6b3a5efbd84d700e1782af3e6f4697d696; definition sha256 fbf05dcdf7ccee7a46531ffe35e0525e3d284e22c25fbe84b2970a14f8abac74';
+comment on function audit_private.capture_truncate_1() is 'cartop-audit capture; generator sha256 000eaf41c81c86018c4e301ec1960f42b70e5c4bbfd7cc032fcfa507de853610; definition sha256 9906b6c47be376791586662a851f00c080dc5f4233190ede5e89db2839ae9fa9';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_update_1()
@@ -579,7 +579,7 @@ AS $function$
       _user_email text := nullif(current_setting('audit.user_email', true), '');
       _user_agent text := nullif(current_setting('audit.user_agent', true), '');
       _request_id text := nullif(current_setting('audit.request_id', true), '');
-      _db_user text := coalesce(nullif(current_setting('role'), 'none'), session_user);
+      _db_user text := audit_private.acting_role();
       _application_name text := nullif(current_setting('application_name'), '');
       _raw_ip text := nullif(current_setting('audit.ip_address', true), '');
       _raw_metadata text := nullif(current_setting('audit.metadata', true), '');
@@ -658,4 +658,4 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 1d9753c7c41730807e339c0e46f31cfbd0ed44ccffe206e716c39d0baac44aee; definition sha256 1550e7f57dc28d828f0e958a04324214d61a4466171c58370a6e994d5f6f4f90';
+comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 dbce55fbc0eb1a632a753037d0bf459c9151f70dafc8760419e1e499a28ad25c; definition sha256 ef1c6b11114e4da0a1cd7b6b7e94011d30c8c4ab0de7433dc17b3a6c7fdb2035';
