@@ -244,6 +244,20 @@ describe("erasure", () => {
     ]);
     expect(await stateOf("cartop_auditor", "1")).toMatchObject({ email: "[erased]", notes: "[erased]" });
     expect(((await graphql("auditor"))[0] as { newValue: unknown }).newValue).toMatchObject({ email: "[erased]" });
+    // Nothing of the key is left in the planner's statistics either.
+    await db.pool.query(`analyze audit_private.subject_keys`);
+    expect((await db.pool.query(`select count(*)::int as n from pg_stats where schemaname = 'audit_private' and tablename = 'subject_keys'
+      and attname in ('key', 'subject')`)).rows).toEqual([{ n: 0 }]);
+    // A subject with no key is recorded too, and says so.
+    const client = await db.pool.connect();
+    const notices: string[] = [];
+    client.on("notice", (n) => notices.push(n.message ?? ""));
+    try {
+      expect((await client.query(`select keys_destroyed from audit.erase_subject('s-nobody')`)).rows).toEqual([{ keys_destroyed: 0 }]);
+    } finally {
+      client.release();
+    }
+    expect(notices).toEqual(["audit.erase_subject: no key for subject s-nobody: nothing of theirs is encrypted in the trail (or it was erased before)"]);
     // The archived month comes back as it was sealed, and its erased values stay erased.
     expect(await verifyArchive(db.pool, month, { store: fileStore(dir) })).toMatchObject({ ok: true });
     await restoreMonth(db.pool, month, { store: fileStore(dir) });
