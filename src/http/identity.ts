@@ -4,8 +4,6 @@ import type { NextFunction, Request, Response } from "express";
 import jwt from "jsonwebtoken";
 import type { Claims, RequestIdentity } from "../graphql/identity.ts";
 
-export type { Claims, RequestIdentity };
-
 /** Replies the way GraphQL clients expect errors, with an HTTP status that says what went wrong. */
 export function sendError(res: Response, status: number, message: string, headers: Record<string, string> = {}): void {
   for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
