@@ -106,7 +106,12 @@ test("a failed run whose failure cannot be recorded still fails with its own err
   try {
     await quickAddJob({ pgPool: db.pool }, "audit__seal_days", {}, { jobKey: "unrecordable" });
     await runOnce({ pgPool: db.pool, taskList: makeTasks(db.pool, { ...config(), store: fileStore(notADirectory) }), logger: new Logger(() => () => {}) });
-    const { rows } = await db.pool.query(`select last_error from graphile_worker._private_jobs where key = 'unrecordable'`);
+    // graphile-worker records a failure without awaiting it, so runOnce can return while the job is still locked.
+    let rows: { last_error: string | null }[] = [];
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+      ({ rows } = await db.pool.query(`select last_error from graphile_worker._private_jobs where key = 'unrecordable' and locked_at is null`));
+      if (rows.length) break;
+    }
     // Not 'relation "audit.task_runs" does not exist': the failure to record it does not replace it.
     expect(rows).toEqual([{ last_error: `ENOTDIR: not a directory, scandir '${path.join(notADirectory, "seals")}'` }]);
   } finally {
