@@ -25,11 +25,16 @@ create table if not exists audit_private.log_entries (
   request_id       text,
   metadata         jsonb,
   db_user          text        not null,
-  application_name text,
-  constraint log_entries_action_known check (action in ('I', 'U', 'D', 'T')),
-  constraint log_entries_row_present check (action = 'T' or (row_data is not null and entity_id is not null)),
-  constraint log_entries_delta_only_on_update check ((action = 'U') = (delta is not null))
+  application_name text
 ) partition by range (created_at);
+
+-- No CHECK constraints: only the generated capture writes here (cartop_capture), and PostgreSQL re-reads and
+-- re-plans every check of a partition each time an INSERT runs: the three that checked the row's shape
+-- (action known, row present, delta only on UPDATE) cost ~107k instructions of a ~1,170k single-row UPDATE
+-- (docs/design/capture.md). The shape is asserted by the capture tests instead (test/oracle.test.ts).
+alter table audit_private.log_entries drop constraint if exists log_entries_action_known;
+alter table audit_private.log_entries drop constraint if exists log_entries_row_present;
+alter table audit_private.log_entries drop constraint if exists log_entries_delta_only_on_update;
 
 -- Added after the first release, so fresh and upgraded databases have the same column order.
 alter table audit_private.log_entries add column if not exists statement_number integer;

@@ -289,10 +289,8 @@ AS $function$
         _stmt := coalesce(nullif(split_part(_stmt_state, '|', 2), ''), '0')::integer + 1;
         _stmt_state := set_config('audit_private.statement', _stmt_key || '|' || _stmt, true);
       end if;
-      case (select count(*) from (select from old_rows limit 2) s)
-    when 0 then
-      return null;
-    when 1 then
+      perform from old_rows offset 1;
+    if not found then
       insert into audit_private.log_entries (created_at, tx_id, statement_number, table_id, action, entity_id, old_entity_id, row_data, delta,
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
       select _at, _tx, _stmt, 2, 'U', coalesce(c.delta ->> 'id', c.row_data ->> 'id'), case when c.delta ?| '{id}'::text[] then c.row_data ->> 'id' end, c.row_data, c.delta, _user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user, _application_name
@@ -326,12 +324,12 @@ AS $function$
         offset 0
       ) c
       where c.delta <> '{}'::jsonb;
-    end case;
+    end if;
       return null;
     end
   $function$
 ;
-comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 34a9bd3415f9f998ec38944361509f04e26a19ed47a7f3bc0003de137c48a9ba; definition sha256 c8fba5c9d3d0756d49774452beecc9deff92283d7921a3cfbe8ec5932fe85a06';
+comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 1c01e7cb31f03d7e9a033f5e54042ec6ebf73a750d5a607d0b0aa4251ae4a600; definition sha256 4aa1786b6d0de0fecc6f348d023fc8bd4dc13d2fbfbb5ec4e3d02373c5e734a7';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_delete_1()
@@ -622,10 +620,8 @@ AS $function$
         _stmt := coalesce(nullif(split_part(_stmt_state, '|', 2), ''), '0')::integer + 1;
         _stmt_state := set_config('audit_private.statement', _stmt_key || '|' || _stmt, true);
       end if;
-      case (select count(*) from (select from old_rows limit 2) s)
-    when 0 then
-      return null;
-    when 1 then
+      perform from old_rows offset 1;
+    if not found then
       insert into audit_private.log_entries (created_at, tx_id, statement_number, table_id, action, entity_id, old_entity_id, row_data, delta,
         user_id, user_email, ip_address, user_agent, request_id, metadata, db_user, application_name)
       select _at, _tx, _stmt, 1, 'U', coalesce(c.delta ->> 'id', c.row_data ->> 'id'), case when c.delta ?| '{id}'::text[] then c.row_data ->> 'id' end, c.row_data, c.delta, _user_id, _user_email, _ip_address, _user_agent, _request_id, _metadata, _db_user, _application_name
@@ -653,9 +649,9 @@ AS $function$
         offset 0
       ) c
       where c.delta <> '{}'::jsonb;
-    end case;
+    end if;
       return null;
     end
   $function$
 ;
-comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 dbce55fbc0eb1a632a753037d0bf459c9151f70dafc8760419e1e499a28ad25c; definition sha256 ef1c6b11114e4da0a1cd7b6b7e94011d30c8c4ab0de7433dc17b3a6c7fdb2035';
+comment on function audit_private.capture_update_1() is 'cartop-audit capture; generator sha256 ad2918aeef52de0b9504a890ac0e12bd3fe7eabcde66c0d86ed49ec49e510d83; definition sha256 5beab85c8d8f115f5a31b75714843a3a0a055db471e29af9cafc86d141afb4f3';
