@@ -157,7 +157,9 @@ as $$
     union all
     select e.created_at, e.id, null
     from audit_private.log_entries e
-    where e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name)) and e.created_at <= at
+    -- TRUNCATEs, the only rows without an entity id: found through the entity index.
+    where e.entity_id is null and e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+      and e.created_at <= at
   )
   select state from events order by created_at desc, id desc limit 1
 $$;
