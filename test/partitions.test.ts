@@ -59,6 +59,38 @@ describe("ensure_partitions", () => {
     expect(await monthlyPartitions()).toEqual([0, 1, 2, 3, 4, 5].map(monthName));
   });
 
+  test("gives up after 2 s when a transaction holds the trail (instead of stalling every audited write behind it)", async () => {
+    await db.pool.query(`select audit.ensure_partitions(0)`);
+    const reader = await db.pool.connect();
+    try {
+      // An auditor's transaction left open after reading the trail.
+      await reader.query(`begin; select count(*) from audit.log`);
+      await expect(db.pool.query(`select * from audit.ensure_partitions(1)`)).rejects.toMatchObject({
+        code: "55P03",
+        // The month by pattern: the suite also runs a minute before a month turns.
+        message: expect.stringMatching(/^audit\.ensure_partitions: could not add the partition for \d{4}-\d{2} within 2 s: another transaction holds a lock on the audit trail$/),
+      });
+      // Audited writes go on (they waited at most those 2 s).
+      await db.pool.query(`insert into public.things values (100, 'written after premake gave up')`);
+    } finally {
+      await reader.query(`commit`);
+      reader.release();
+    }
+    const client = await db.pool.connect();
+    try {
+      await client.query(`begin; set local lock_timeout = '7s'`);
+      const created = (await client.query<{ name: string }>(`select * from audit.ensure_partitions(1) as name`)).rows.map((r) => r.name);
+      // Next month now exists (and, had the month turned meanwhile, the one after it as well).
+      expect(created.length).toBeGreaterThan(0);
+      expect(created.filter((name) => ![monthName(0), monthName(1)].includes(name))).toEqual([]);
+      // The caller's own lock_timeout is back for the rest of its transaction.
+      expect((await client.query(`show lock_timeout`)).rows).toEqual([{ lock_timeout: "7s" }]);
+    } finally {
+      await client.query(`commit`);
+      client.release();
+    }
+  });
+
   test("refuses a negative horizon", async () => {
     await expect(db.pool.query(`select audit.ensure_partitions(-1)`)).rejects.toThrow(
       "audit.ensure_partitions: months_ahead must be >= 0, got -1",
