@@ -103,15 +103,17 @@ function logFormat(raw: string | undefined): (typeof LOG_FORMATS)[number] | unde
 function archiveUrl(raw: string | undefined, archiveDir: string): string {
   const value = (raw ?? "").trim();
   if (!value) return pathToFileURL(archiveDir).href;
+  // Credentials belong in the AWS variables, never in the URL; a refusal does not repeat them.
+  const refused = new Error(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${value.replace(/\/\/[^/]*@/, "//…@")}"`);
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    throw new Error(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${raw}"`);
+    throw refused;
   }
   if (url.protocol === "file:" && !url.host && url.pathname.startsWith("/")) return url.href;
-  if (url.protocol === "s3:" && url.hostname && !url.search && !url.username) return value.replace(/\/+$/, "");
-  throw new Error(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${raw}"`);
+  if (url.protocol === "s3:" && url.hostname && !url.search && !url.username && !url.password) return value.replace(/\/+$/, "");
+  throw refused;
 }
 
 function flag(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {

@@ -190,4 +190,8 @@ test("AUDIT_ARCHIVE_URL: unset is the archive directory; anything but file:///ab
   for (const bad of ["/srv/archive", "file://host/x", "s3://", "http://x/y"]) {
     expect(() => readConfig({ AUDIT_ARCHIVE_URL: bad })).toThrow(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "${bad}"`);
   }
+  // Credentials in the URL are refused, and the refusal does not print them.
+  for (const bad of ["s3://:s3cret@bucket/p", "s3://AKIA:s3cret@bucket", "s3://AKIA@bucket"]) {
+    expect(() => readConfig({ AUDIT_ARCHIVE_URL: bad })).toThrow(`AUDIT_ARCHIVE_URL must be file:///absolute/path or s3://bucket/prefix, got "s3://…@${bad.split("@")[1]}"`);
+  }
 });
