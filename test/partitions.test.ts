@@ -59,7 +59,7 @@ describe("ensure_partitions", () => {
     expect(await monthlyPartitions()).toEqual([0, 1, 2, 3, 4, 5].map(monthName));
   });
 
-  test("gives up after 2 s when a transaction holds the trail (instead of stalling every audited write behind it)", async () => {
+  test("gives up after its lock_timeout (2 s) when a transaction holds the trail, instead of stalling every audited write behind it", async () => {
     await db.pool.query(`select audit.ensure_partitions(0)`);
     const reader = await db.pool.connect();
     try {
