@@ -152,6 +152,7 @@ declare
   month date;
   created text;
   prior_lock_timeout constant text := current_setting('lock_timeout');
+  lock_wait constant text := '2s';
 begin
   if months_ahead is null or months_ahead < 0 then
     raise exception 'audit.ensure_partitions: months_ahead must be >= 0, got %', months_ahead
@@ -165,13 +166,13 @@ begin
     if not (audit_private.partition_state(month)).present then
       -- Adding a partition locks the whole trail exclusively, so it waits for every open transaction that read
       -- or wrote the trail, and every writer queues behind it: an auditor's idle transaction would stall all
-      -- audited writes. Give up after 2 s instead (the caller's setting is put back); the worker retries.
+      -- audited writes. Give up after lock_wait instead (the caller's setting is put back); the worker retries.
       begin
-        perform set_config('lock_timeout', '2s', true);
+        perform set_config('lock_timeout', lock_wait, true);
         created := audit.create_partition(month);
         perform set_config('lock_timeout', prior_lock_timeout, true);
       exception when lock_not_available then
-        raise exception 'audit.ensure_partitions: could not add the partition for % within 2 s: another transaction holds a lock on the audit trail', to_char(month, 'YYYY-MM')
+        raise exception 'audit.ensure_partitions: could not add the partition for % within %: another transaction holds a lock on the audit trail', to_char(month, 'YYYY-MM'), lock_wait
           using errcode = 'lock_not_available',
                 hint = 'Writers waited at most that long. Run it again, or find the transaction in pg_stat_activity (often one left idle in transaction); the worker retries by itself.';
       end;

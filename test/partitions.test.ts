@@ -68,7 +68,7 @@ describe("ensure_partitions", () => {
       await expect(db.pool.query(`select * from audit.ensure_partitions(1)`)).rejects.toMatchObject({
         code: "55P03",
         // The month by pattern: the suite also runs a minute before a month turns.
-        message: expect.stringMatching(/^audit\.ensure_partitions: could not add the partition for \d{4}-\d{2} within 2 s: another transaction holds a lock on the audit trail$/),
+        message: expect.stringMatching(/^audit\.ensure_partitions: could not add the partition for \d{4}-\d{2} within 2s: another transaction holds a lock on the audit trail$/),
       });
       // Audited writes go on (they waited at most those 2 s).
       await db.pool.query(`insert into public.things values (100, 'written after premake gave up')`);
