@@ -82,6 +82,7 @@ describe("single-row writes", () => {
       insert into shop.noop values (1, 'a'), (2, null);
       update shop.noop set v = v;
       update shop.noop set v = null where id = 2;
+      update shop.noop set v = 'b' where id = 99; -- matches no row: the single-row path runs over nothing
     `);
     expect(await countAuditRows(db.pool, "shop.noop", "UPDATE")).toBe(0);
     expect(await countAuditRows(db.pool, "shop.noop")).toBe(2);
