@@ -99,6 +99,25 @@ describe("values in the trail", () => {
     expect(now.same).toBe(true);
   });
 
+  test("a change is a change of the text form: bytes that print the same are no change, equal values that print differently are", async () => {
+    await db.pool.query(`
+      create collation v.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+      create domain v.amount as numeric;
+      create table v.compare (id int primary key, t text collate v.ci, a v.amount, f float4, n numeric, jb jsonb);
+      select audit.enable_tracking('v.compare');
+      insert into v.compare values (1, 'a', 1.5, 'NaN', 1.50, '{"n": 1.50}');
+      update v.compare set t = 'A';
+      update v.compare set a = 1.50;
+      -- Infinity minus infinity is a NaN of other bits than 'NaN'; numeric and jsonb results are rebuilt.
+      update v.compare set f = 'infinity'::float4 - 'infinity'::float4, n = n + 0, jb = jb || '{}';`);
+    const { rows } = await db.pool.query(`
+      select changes, changes -> 'a' ->> 'new' as a from audit.log where entity_name = 'compare' and action = 'UPDATE' order by id`);
+    expect(rows).toEqual([
+      { changes: { t: { old: "a", new: "A" } }, a: null },
+      { changes: { a: { old: 1.5, new: 1.5 } }, a: "1.50" },
+    ]);
+  });
+
   test("an UPDATE that sets a value to what it was writes no row", async () => {
     await db.pool.query(`update v.kinds set jb = jb, j = j, arr = arr, c = c, moods = moods, f8 = f8, m = m where id in (2, 3, 4, 5)`);
     const { rows } = await db.pool.query(

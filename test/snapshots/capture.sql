@@ -297,9 +297,9 @@ AS $function$
       from (select jsonb_build_object('id', o.id, 'name', o.name, 'price', o.price, 'stock', o.stock, 'attributes', case when jsonb_typeof(o.attributes) in ('object', 'array') then o.attributes
             when o.attributes is not null then to_jsonb(format('%s', o.attributes)) end, 'created_at', o.created_at, 'updated_at', o.updated_at) as row_data, case when o.id is distinct from n.id then jsonb_build_object('id', n.id) else '{}'::jsonb end
           || case when o.name is distinct from n.name then jsonb_build_object('name', n.name) else '{}'::jsonb end
-          || case when ((o.price is null) <> (n.price is null) or format('%s', o.price) <> format('%s', n.price)) then jsonb_build_object('price', n.price) else '{}'::jsonb end
+          || case when record_image_ne(row(o.price), row(n.price)) then jsonb_build_object('price', n.price) else '{}'::jsonb end
           || case when o.stock is distinct from n.stock then jsonb_build_object('stock', n.stock) else '{}'::jsonb end
-          || case when ((o.attributes is null) <> (n.attributes is null) or format('%s', o.attributes) <> format('%s', n.attributes)) then jsonb_build_object('attributes', case when jsonb_typeof(n.attributes) in ('object', 'array') then n.attributes
+          || case when record_image_ne(row(o.attributes), row(n.attributes)) then jsonb_build_object('attributes', case when jsonb_typeof(n.attributes) in ('object', 'array') then n.attributes
             when n.attributes is not null then to_jsonb(format('%s', n.attributes)) end) else '{}'::jsonb end
           || case when o.created_at is distinct from n.created_at then jsonb_build_object('created_at', n.created_at) else '{}'::jsonb end
           || case when o.updated_at is distinct from n.updated_at then jsonb_build_object('updated_at', n.updated_at) else '{}'::jsonb end as delta from old_rows o, new_rows n offset 0) c
@@ -313,9 +313,9 @@ AS $function$
             when o.attributes is not null then to_jsonb(format('%s', o.attributes)) end, 'created_at', o.created_at, 'updated_at', o.updated_at) as row_data,
           case when o.id is distinct from n.id then jsonb_build_object('id', n.id) else '{}'::jsonb end
           || case when o.name is distinct from n.name then jsonb_build_object('name', n.name) else '{}'::jsonb end
-          || case when ((o.price is null) <> (n.price is null) or format('%s', o.price) <> format('%s', n.price)) then jsonb_build_object('price', n.price) else '{}'::jsonb end
+          || case when record_image_ne(row(o.price), row(n.price)) then jsonb_build_object('price', n.price) else '{}'::jsonb end
           || case when o.stock is distinct from n.stock then jsonb_build_object('stock', n.stock) else '{}'::jsonb end
-          || case when ((o.attributes is null) <> (n.attributes is null) or format('%s', o.attributes) <> format('%s', n.attributes)) then jsonb_build_object('attributes', case when jsonb_typeof(n.attributes) in ('object', 'array') then n.attributes
+          || case when record_image_ne(row(o.attributes), row(n.attributes)) then jsonb_build_object('attributes', case when jsonb_typeof(n.attributes) in ('object', 'array') then n.attributes
             when n.attributes is not null then to_jsonb(format('%s', n.attributes)) end) else '{}'::jsonb end
           || case when o.created_at is distinct from n.created_at then jsonb_build_object('created_at', n.created_at) else '{}'::jsonb end
           || case when o.updated_at is distinct from n.updated_at then jsonb_build_object('updated_at', n.updated_at) else '{}'::jsonb end as delta
@@ -329,7 +329,7 @@ AS $function$
     end
   $function$
 ;
-comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 1c01e7cb31f03d7e9a033f5e54042ec6ebf73a750d5a607d0b0aa4251ae4a600; definition sha256 4aa1786b6d0de0fecc6f348d023fc8bd4dc13d2fbfbb5ec4e3d02373c5e734a7';
+comment on function audit_private.capture_update_2() is 'cartop-audit capture; generator sha256 46b289d7a4446459ceeaaa9e6ad09ea5c0c9506317d088c0cdb5ebce022a659d; definition sha256 3e04876b74f6076ccf8b1d4cbfa1d5e50068bbe0d456dd4c95e8188bc2590cb7';
 
 -- app.users
 CREATE OR REPLACE FUNCTION audit_private.capture_delete_1()
