@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Instructions per transaction (valgrind's callgrind) of a single-row UPDATE and of a 1000-row bulk UPDATE,
-# for a table audited by cartop-audit, by a row-level hstore trigger (the reference technique of
-# bench/write-path.ts) and by nothing. Instruction counts repeat exactly, unlike timings on a busy machine:
-# use this for design decisions, bench/write-path.ts for the ratios. Each figure is
+# Instructions per transaction (valgrind's callgrind) of a single-row UPDATE and of 1000-row UPDATE, INSERT and
+# DELETE statements (the last two rolled back, so every run sees the same table), for a table audited by
+# cartop-audit, by a row-level hstore trigger (the reference technique of bench/write-path.ts), by the
+# typed-history prototype (bench/typed-history.sql) and by nothing. Instruction counts repeat exactly, unlike
+# timings on a busy machine: use this for design decisions, bench/write-path.ts for the ratios. Each figure is
 # (cost of 2N transactions - cost of N) / N in a single-user backend, so start-up cost drops out.
 #   bash bench/capture-instructions.sh [N=200]        (needs valgrind and PostgreSQL 15's server binaries)
 set -euo pipefail
@@ -51,30 +52,38 @@ begin
   return null;
 end $$;
 create trigger reference after insert or update or delete on bench.reference for each row execute function bench.tg__reference();
+create table bench.history (like bench.plain including all);
+insert into bench.history select * from bench.plain;
+\i bench/typed-history.sql
+select bench.create_typed_history('bench.history');
 vacuum analyze;
 SQL
 as_pg "$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null
 # The API's context (src/graphql/preset.ts pgSettingsFor), plus metadata as set_context checks it.
 ctx="select set_config('audit.user_id', 'u-42', true), set_config('audit.user_email', 'ada@example.com', true), set_config('audit.ip_address', '203.0.113.7', true), set_config('audit.user_agent', 'Mozilla/5.0 (X11; Linux x86_64) bench', true), set_config('audit.request_id', 'b1946ac9-2f5d-4b2e-9bd1-6ee0f7a5a7d3', true), set_config('audit.metadata', '{\"operation\": \"updateProduct\"}', true), set_config('audit_private.context_checked', '11:203.0.113.7|{\"operation\": \"updateProduct\"}', true)"
 set_clause="price = price + 1, stock = stock + 1, updated_at = updated_at + interval '1 second'"
-script() { # table, transactions, rows per statement
+script() { # table, transactions, statement: update1 | update | insert | delete (1000 rows; these two roll back)
   for i in $(seq "$2"); do
+    lo=$(( (i * 1000) % 19000 + 1 )); hi=$(( (i * 1000) % 19000 + 1000 ))
     echo "begin"; echo "$ctx"
-    if [ "$3" = 1 ]; then echo "update bench.$1 set $set_clause where id = $(( (i * 7919) % 20000 + 1 ))"
-    else echo "update bench.$1 set $set_clause where id between $(( (i * 1000) % 19000 + 1 )) and $(( (i * 1000) % 19000 + $3 ))"; fi
-    echo "commit"
+    case $3 in
+      update1) echo "update bench.$1 set $set_clause where id = $(( (i * 7919) % 20000 + 1 ))"; echo "commit" ;;
+      update) echo "update bench.$1 set $set_clause where id between $lo and $hi"; echo "commit" ;;
+      insert) echo "insert into bench.$1 select id + 100000, sku, name, category, price, stock, active, weight, created_at, updated_at from bench.plain where id between $lo and $hi"; echo "rollback" ;;
+      delete) echo "delete from bench.$1 where id between $lo and $hi"; echo "rollback" ;;
+    esac
   done
 }
-count() { # table, transactions, rows -> instructions
+count() { # table, transactions, statement -> instructions
   script "$1" "$2" "$3" > "$work/script.sql"
   as_pg valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin/postgres" --single -D "$work/data" \
     -c fsync=off -c synchronous_commit=off postgres < "$work/script.sql" >/dev/null 2>"$work/vg.log"
   sed -n 's/^summary: //p' "$work/cg.out"
 }
 [ -n "${KEEP:-}" ] && echo "kept $work"
-printf '%-10s %12s %14s\n' table "1-row UPDATE" "1000-row UPDATE"
-for table in plain audited reference; do
-  one=$(( ($(count "$table" $((2 * n)) 1) - $(count "$table" "$n" 1)) / n ))
-  bulk=$(( ($(count "$table" 20 1000) - $(count "$table" 10 1000)) / 10 ))
-  printf '%-10s %12s %14s\n' "$table" "$one" "$bulk"
+printf '%-10s %12s %16s %16s %16s\n' table "1-row UPDATE" "1000-row UPDATE" "1000-row INSERT" "1000-row DELETE"
+per_tx() { echo $(( ($(count "$1" $((2 * $2)) "$3") - $(count "$1" "$2" "$3")) / $2 )); }
+for table in plain audited reference history; do
+  printf '%-10s %12s %16s %16s %16s\n' "$table" "$(per_tx "$table" "$n" update1)" "$(per_tx "$table" 10 update)" \
+    "$(per_tx "$table" 10 insert)" "$(per_tx "$table" 10 delete)"
 done

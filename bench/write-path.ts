@@ -4,7 +4,10 @@
 //     row and the changed new values as hstore into one plain table, no partitions, in the manner of the
 //     widely copied audit-trigger "91plus"), and
 //   - typed copy: a statement-level trigger copying the rows, typed, into a plain history table (no JSON):
-//     the limit any trigger-based audit can approach.
+//     the limit any trigger-based audit can approach; and
+//   - typed history: the prototype of a storage change (bench/typed-history.sql): cartop-audit's own generated
+//     capture (guard, context, statement number, monthly partitions, entity and user indexes) writing typed
+//     per-table history and the context once per statement, instead of JSON and the context on every row.
 // Every transaction carries the context an API sends (user id, e-mail, IP, user agent, request id, metadata).
 // Not a test: it asserts nothing and prints a table.
 //
@@ -12,8 +15,9 @@
 //   DATABASE_URL=postgres://... npm run bench     any server you point it at (a scratch database is made)
 //   npm run bench -- --rows 50000 --repeat 1 --rounds 2      quicker
 // Bulk numbers (W2-W5) are medians of --repeat runs; OLTP numbers (W1) are medians of per-round ratios over
-// --rounds rounds of --seconds seconds, the four tables taking turns, synchronous_commit off.
+// --rounds rounds of --seconds seconds, the tables taking turns, synchronous_commit off.
 import { randomUUID } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -37,12 +41,13 @@ const REPEAT = Number(args.repeat);
 const CLIENTS = Number(args.clients);
 const ROUNDS = Number(args.rounds);
 
-const VARIANTS = ["plain", "audited", "reference", "typed"] as const;
+const VARIANTS = ["plain", "audited", "reference", "typed", "history"] as const;
 type Variant = (typeof VARIANTS)[number];
 const LABELS: Record<Exclude<Variant, "plain">, string> = {
   audited: "cartop-audit",
   reference: "row-trigger audit (hstore, one plain table)",
   typed: "typed copy, no JSON (the limit)",
+  history: "typed per-table history (prototype)",
 };
 
 const columns = `
@@ -131,6 +136,8 @@ async function historyBytes(pool: pg.Pool, variant: Variant): Promise<number> {
                 from pg_inherits where inhparent = 'audit_private.log_entries'::regclass`,
     reference: "select pg_total_relation_size('bench.reference_log')",
     typed: "select pg_total_relation_size('bench.typed_history')",
+    history: `select coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint from pg_inherits
+                where inhparent in ('bench.history_history'::regclass, 'bench.history_history_statements'::regclass)`,
   }[variant];
   const { rows } = await pool.query<{ bytes: string }>(`select (${sql}) as bytes`);
   return Number(rows[0]!.bytes);
@@ -204,7 +211,9 @@ async function main(): Promise<void> {
     await pool.query(`create schema bench;
       ${VARIANTS.map((v) => `create table bench.${v} (${columns}) with (autovacuum_enabled = false);`).join("\n")}
       select audit.enable_tracking('bench.audited');
-      ${yardsticks}`);
+      ${yardsticks}
+      ${await readFile(new URL("typed-history.sql", import.meta.url), "utf8")}
+      select bench.create_typed_history('bench.history');`);
 
     type Workload = "insert" | "update" | "delete" | "copy";
     const perVariant = <T>(make: () => T) => Object.fromEntries(VARIANTS.map((v) => [v, make()])) as Record<Variant, T>;
@@ -265,6 +274,7 @@ async function main(): Promise<void> {
       row("audited", LABELS.audited),
       row("reference", LABELS.reference),
       row("typed", LABELS.typed),
+      row("history", LABELS.history),
       ["aim for cartop-audit", ">= 0.65", ">= 0.60", "<= 2.5x", "<= 2.5x", "<= 2.2x", "<= 5x", "<= 600"],
     ]);
     console.log("W1: throughput ratio to no trigger (higher is better). W2-W5: time ratio (lower is better). " +
