@@ -112,6 +112,10 @@ describe("finding 1: nothing a table owner defines runs inside capture or its ge
       create operator ev.= (leftarg = ev.pair, rightarg = ev.pair, function = ev.pair_eq);
       create function ev.check_fn(int) returns boolean language plpgsql strict as $$ begin perform ev.pwn('domain check'); return true; end $$;
       create domain ev.checked as int check (ev.check_fn(value));
+      -- Capture compares a domain as its base type; the domain's own operators must not be found.
+      create function ev.checked_eq(ev.checked, ev.checked) returns boolean language plpgsql as $$ begin perform ev.pwn('operator checked'); return true; end $$;
+      create operator ev.= (leftarg = ev.checked, rightarg = ev.checked, function = ev.checked_eq);
+      create operator ev.<> (leftarg = ev.checked, rightarg = ev.checked, function = ev.checked_eq);
       create table ev.t (id int primary key, mood ev.mood, pair ev.pair, n ev.checked, moods ev.mood[], secret ev.mood, hidden ev.pair);
       -- The table's row type is the owner's too.
       create function ev.row_json(ev.t) returns json language plpgsql as $$ begin perform ev.pwn('cast row json'); return '{}'; end $$;
