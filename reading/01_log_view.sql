@@ -12,14 +12,16 @@ as $$
   from jsonb_each(delta) as d
 $$;
 
--- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE.
+-- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE. Each
+-- argument appears once, so the function is inlined even when an argument is a function call (PostgreSQL
+-- does not inline a function that would evaluate such an argument twice).
 create or replace function audit_private.new_row(action "char", row_data jsonb, delta jsonb)
   returns jsonb
   language sql
   immutable
   parallel safe
 as $$
-  select case action when 'I' then row_data when 'U' then row_data || delta end
+  select case when action in ('I', 'U') then row_data || case when action = 'U' then delta else '{}' end end
 $$;
 
 create or replace function audit_private.action_name(action "char")

