@@ -1,7 +1,8 @@
 -- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
 -- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
 -- row-level security applies (a user sees only their own rows). No `set search_path` (every name is
--- qualified): a SQL function without SET clauses can be inlined, so the planner sees through it.
+-- qualified): user_activity, a SQL function without SET clauses, is inlined, so the caller's time range
+-- prunes partitions; entity_history's own arguments already name what its query reads.
 
 -- entity_name is a table name (`products`) or schema-qualified (`app.products`).
 -- PL/pgSQL, not SQL: a SQL function is inlined into the statement that calls it and planned again with it

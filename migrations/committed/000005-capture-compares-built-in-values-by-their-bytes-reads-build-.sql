@@ -1,5 +1,5 @@
 --! Previous: sha1:a2d117e478d445fa73badc1e0149ab3550fa755b
---! Hash: sha1:1704c63292c6f2ee4e3d344b3c78d476ec33294f
+--! Hash: sha1:da00f329ccc08e7c398e4c86bf7591b51347e223
 --! Message: Capture compares built-in values by their bytes; reads build each value inline, row_as_of only the state it returns, and entity_history and row_as_of keep their plans (PL/pgSQL)
 
 -- source: base/01_schemas_and_roles.sql
@@ -2612,7 +2612,8 @@ create policy user_reads_own on audit_private.log_entries
 -- Reading the trail: one entity's history and one user's activity, newest first. The GraphQL API exposes
 -- both (entityHistory, userActivity); analysts can call them from SQL. security invoker: the caller's
 -- row-level security applies (a user sees only their own rows). No `set search_path` (every name is
--- qualified): a SQL function without SET clauses can be inlined, so the planner sees through it.
+-- qualified): user_activity, a SQL function without SET clauses, is inlined, so the caller's time range
+-- prunes partitions; entity_history's own arguments already name what its query reads.
 
 -- entity_name is a table name (`products`) or schema-qualified (`app.products`).
 -- PL/pgSQL, not SQL: a SQL function is inlined into the statement that calls it and planned again with it
