@@ -13,6 +13,7 @@
 --   - three capture functions made by the product's own generator (audit_private.capture_function_sql: the same
 --     guard, context, statement number, security definer and search path, the product's change test
 --     audit_private.changed_sql), without the settings that pin text forms, which typed values do not need.
+-- The functions belong to whoever loads this (a superuser in the benchmarks), not to cartop_capture.
 -- Left out, as a prototype may: one statement that fires several capture triggers (MERGE, upsert) writes its
 -- context once per trigger; partitioned tables, masks, moves. One-column primary key, at most 31 columns.
 create or replace function bench.create_typed_history(source regclass)
@@ -33,6 +34,7 @@ declare
   month date := date_trunc('month', now());
   tracked audit_private.tables := jsonb_populate_record(null::audit_private.tables,
     jsonb_build_object('id', 0, 'schema_name', schema_name, 'table_name', table_name));
+  relation text;
   record_statement text;
   head text;
   bits text;
@@ -46,12 +48,11 @@ begin
   execute format('create table %I.%I (created_at timestamptz not null, tx_id bigint not null, statement_number integer not null,
       user_id text, user_email text, ip_address inet, user_agent text, request_id text, metadata jsonb, db_user text not null,
       application_name text) partition by range (created_at)', schema_name, statements);
-  foreach history in array array[history, statements] loop
+  foreach relation in array array[history, statements] loop
     execute format('create table %I.%I partition of %I.%I for values from (%L) to (%L)',
-      schema_name, history || '_current', schema_name, history, month, month + interval '2 months');
-    execute format('create table %I.%I partition of %I.%I default', schema_name, history || '_default', schema_name, history);
+      schema_name, relation || '_current', schema_name, relation, month, month + interval '2 months');
+    execute format('create table %I.%I partition of %I.%I default', schema_name, relation || '_default', schema_name, relation);
   end loop;
-  history := table_name || '_history';
   execute format('create index on %I.%I (entity_id, created_at)', schema_name, history);
   execute format('create index on %I.%I using brin (created_at)', schema_name, history);
   execute format('create index on %I.%I (user_id, created_at) where user_id is not null', schema_name, statements);
